@@ -1,0 +1,40 @@
+# One way to run things: these targets are the documented entry points; CI calls them too.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DURATION ?= 60
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install test check fmt demo clean help
+
+help:
+	@echo "make install   create $(VENV) and install UrbanPulse with its dev tools"
+	@echo "make demo      run the live demo for DURATION seconds (default $(DURATION))"
+	@echo "make test      the whole test suite against real PostgreSQL and Mosquitto"
+	@echo "make check     ruff (lint + format check) and mypy --strict"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: $(STAMP)
+	$(BIN)/urbanpulse demo --duration $(DURATION)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

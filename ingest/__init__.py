@@ -1,0 +1,1 @@
+"""Ingest: MQTT messages in, validated readings and quarantine rows out, acked after commit."""

@@ -1,0 +1,144 @@
+"""The MQTT adapter: the only module that sees paho objects.
+
+MQTT 5 with a persistent session (clean_start=False and a session expiry), a shared
+subscription so several workers split the load, manual acknowledgement so a message is
+acknowledged only after its rows are committed, and Receive Maximum so the broker never has
+more unacknowledged messages in flight to us than we are willing to hold in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from urbanpulse.broker import BrokerAddress
+from urbanpulse.contract.model import InboundMessage
+
+log = logging.getLogger(__name__)
+
+# CONNACK reason codes after which retrying cannot help (MQTT 5 §3.2.2.2).
+FATAL_CONNACK = {
+    0x84: "unsupported protocol version",
+    0x85: "client identifier not valid",
+    0x86: "bad user name or password",
+    0x87: "not authorized",
+    0x8C: "bad authentication method",
+}
+KEEPALIVE_S = 30
+
+
+class MqttSource:
+    """Delivers InboundMessage objects to `sink` from the paho network thread."""
+
+    def __init__(self, broker: BrokerAddress, *, client_id: str, topic_filter: str,
+                 sink: Callable[[InboundMessage], None], session_expiry_s: int,
+                 receive_maximum: int) -> None:
+        self.broker = broker
+        self.topic_filter = topic_filter
+        self._sink = sink
+        self._session_expiry_s = session_expiry_s
+        self._receive_maximum = receive_maximum
+        self.generation = 0  # bumped on every successful connect
+        self.connected = threading.Event()
+        self.fatal: str | None = None
+        self._lock = threading.Lock()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
+        if broker.username:
+            client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            client.tls_set()
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        self._client = client
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._session_expiry_s
+        props.ReceiveMaximum = self._receive_maximum
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=KEEPALIVE_S,
+                                   clean_start=False, properties=props)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect cleanly; the broker keeps the session and unacked messages."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- acknowledgement ------------------------------------------------------------------------
+    def ack(self, msg: InboundMessage) -> bool:
+        """Acknowledge a committed message; False if it came over an earlier connection.
+
+        After a reconnect the broker redelivers what we had not acknowledged, with packet ids
+        that may be reused; acking an old id could acknowledge a message we have not stored.
+        """
+        if msg.qos == 0:
+            return True
+        with self._lock:
+            if msg.generation != self.generation or not self.connected.is_set():
+                return False
+            rc = self._client.ack(msg.mid, msg.qos)
+        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # -- paho callbacks: never raise into the network loop ---------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        if reason.is_failure:
+            text = FATAL_CONNACK.get(reason.value)
+            if text:
+                self.fatal = f"broker {self.broker} refused the connection: {text}"
+                log.error("%s — check the credentials in URBANPULSE_MQTT_URL", self.fatal)
+            else:
+                log.warning("broker %s refused the connection: %s; retrying", self.broker,
+                            reason.getName())
+            return
+        with self._lock:
+            self.generation += 1
+        self.connected.set()
+        log.info("connected to %s (session present: %s); subscribing to %s", self.broker,
+                 flags.session_present, self.topic_filter)
+        client.subscribe(self.topic_filter, qos=1)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reasons: list[ReasonCode], properties: Properties | None) -> None:
+        for rc in reasons:
+            if rc.is_failure:
+                self.fatal = f"broker refused the subscription to {self.topic_filter}: " \
+                             f"{rc.getName()}"
+                log.error("%s — check the broker ACL for this account", self.fatal)
+                return
+        log.info("subscribed to %s (QoS %d)", self.topic_filter, reasons[0].value if reasons
+                 else 1)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any,
+                       flags: mqtt.DisconnectFlags, reason: ReasonCode,
+                       properties: Properties | None) -> None:
+        self.connected.clear()
+        if reason.value != 0:
+            log.warning("disconnected from %s: %s; reconnecting", self.broker, reason.getName())
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # a topic that is not UTF-8 still ends in quarantine
+            topic = message._topic.decode("utf-8", "replace")
+        try:
+            self._sink(InboundMessage(topic=topic, payload=bytes(message.payload),
+                                      received_at=datetime.now(UTC), qos=message.qos,
+                                      mid=message.mid, generation=self.generation))
+        except Exception:  # a sink bug must not kill the network thread
+            log.exception("dropping message from the sink on %s (not acknowledged; the "
+                          "broker will redeliver it)", topic[:200])

@@ -1,0 +1,252 @@
+"""The ingest worker: batch, validate, store in one transaction, then acknowledge.
+
+Threads: paho's network thread only converts and enqueues (`offer`); the worker thread owns
+the database connection, validation and acknowledgements. Memory stays bounded because the
+broker never has more than Receive Maximum unacknowledged messages in flight to us, so while
+the database is down the backlog waits in the broker, not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from ingest.metrics import IngestMetrics
+from urbanpulse.backoff import Backoff
+from urbanpulse.contract import DeviceRef, InboundMessage, Limits, Registry, parse_message
+from urbanpulse.contract.model import ParseOutcome, Reading, Reason, Rejection
+from urbanpulse.db.connect import connect
+from urbanpulse.db.devices import device_refs
+from urbanpulse.db.store import QuarantineEntry, StoreResult, store_batch
+from urbanpulse.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+# An unknown device triggers a registry re-read, at most this often (a device provisioned a
+# moment ago is picked up quickly; a flood of unknown ids does not hammer the database).
+UNKNOWN_DEVICE_REFRESH_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_messages: int = 500
+    max_readings: int = 10_000
+    max_delay: float = 0.2
+
+
+class Stopped(Exception):
+    """The worker was asked to stop while waiting for the database."""
+
+
+class DeviceCache:
+    """The registry snapshot used for validation, re-read periodically and on a miss."""
+
+    def __init__(self, refresh_s: float) -> None:
+        self.refresh_s = refresh_s
+        self.devices: dict[str, DeviceRef] = {}
+        self.loaded_at = float("-inf")
+
+    def get(self, conn: psycopg.Connection[Any], wanted: set[str]) -> dict[str, DeviceRef]:
+        now = time.monotonic()
+        stale = now - self.loaded_at > self.refresh_s
+        missing = bool(wanted - self.devices.keys())
+        if stale or (missing and now - self.loaded_at > UNKNOWN_DEVICE_REFRESH_S):
+            with conn.transaction():
+                self.devices = device_refs(conn)
+            self.loaded_at = now
+        return self.devices
+
+
+class IngestWorker:
+    """Consumes `inbox`, stores, and calls `ack` for each message once it is committed."""
+
+    def __init__(self, *, database_url: str, registry: Registry, prefix: str, limits: Limits,
+                 batch: BatchPolicy, ack: Callable[[InboundMessage], bool],
+                 metrics: IngestMetrics | None = None, device_refresh_s: float = 30.0,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.database_url = database_url
+        self.registry = registry
+        self.prefix = prefix
+        self.limits = limits
+        self.batch = batch
+        self._ack = ack
+        self.metrics = metrics or IngestMetrics()
+        self.clock = clock
+        self.inbox: queue.SimpleQueue[InboundMessage] = queue.SimpleQueue()
+        self.devices = DeviceCache(device_refresh_s)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._backoff = Backoff()
+        self._unacked = 0
+        self._unacked_lock = threading.Lock()
+
+    # -- called from the network thread ---------------------------------------------------------
+    def offer(self, msg: InboundMessage) -> None:
+        self.metrics.received.inc()
+        with self._unacked_lock:
+            self._unacked += 1
+            self.metrics.backlog.set(self._unacked)
+        self.inbox.put(msg)
+
+    # -- the worker loop ------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Process batches until `stop` is set, then flush what has already arrived."""
+        try:
+            while not stop.is_set():
+                batch = self.collect(stop)
+                if batch:
+                    self.process(batch, stop)
+            leftover = self.drain()
+            if leftover:  # SIGTERM: store and acknowledge what we hold, with a short deadline
+                log.info("stopping: flushing %d received messages", len(leftover))
+                deadline = threading.Event()
+                timer = threading.Timer(10.0, deadline.set)
+                timer.start()
+                try:
+                    self.process(leftover, deadline)
+                finally:
+                    timer.cancel()
+        except Stopped:
+            log.warning("stopped before the database came back; unacknowledged messages stay "
+                        "with the broker and will be redelivered")
+        finally:
+            self.close()
+
+    def collect(self, stop: threading.Event) -> list[InboundMessage]:
+        """Up to one batch: flushed by message count, reading estimate, or age of the first."""
+        try:
+            first = self.inbox.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.batch.max_delay
+        size = len(first.payload)
+        while len(batch) < self.batch.max_messages and not stop.is_set():
+            # ~40 bytes per reading is the leanest payload form; a cheap upper bound
+            if size // 40 >= self.batch.max_readings:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                msg = self.inbox.get(timeout=remaining)
+            except queue.Empty:
+                break
+            batch.append(msg)
+            size += len(msg.payload)
+        return batch
+
+    def drain(self) -> list[InboundMessage]:
+        out = []
+        while True:
+            try:
+                out.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return out
+
+    def validate(self, batch: list[InboundMessage],
+                 conn: psycopg.Connection[Any]) -> list[ParseOutcome]:
+        wanted = set()
+        for msg in batch:
+            parts = msg.topic.split("/")
+            if parts:
+                wanted.add(parts[-1])
+        devices = self.devices.get(conn, wanted)
+        now = self.clock()
+        return [parse_message(m, registry=self.registry, devices=devices, prefix=self.prefix,
+                              now=now, limits=self.limits) for m in batch]
+
+    def process(self, batch: list[InboundMessage], stop: threading.Event) -> StoreResult:
+        """Validate and store a batch, retrying through outages; then acknowledge it."""
+        while True:
+            try:
+                conn = self.connection()
+                started = time.perf_counter()
+                outcomes = self.validate(batch, conn)
+                result = self.store(conn, batch, outcomes)
+                self.metrics.batch_seconds.observe(time.perf_counter() - started)
+                self.metrics.db_up.set(1)
+                self._backoff.reset()
+                break
+            except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
+                self.metrics.db_errors.inc()
+                self.metrics.db_up.set(0)
+                self.close()
+                delay = self._backoff.delay()
+                log.warning("database write failed (%s); %d messages held unacknowledged, "
+                            "retrying in %.1f s", str(exc).splitlines()[0] if str(exc) else
+                            type(exc).__name__, len(batch), delay)
+                if stop.wait(delay):
+                    raise Stopped from exc
+        self.metrics.stored.inc(result.inserted)
+        self.metrics.duplicates.inc(result.duplicates)
+        for outcome in outcomes:
+            if outcome.reason is not None:
+                self.metrics.quarantined.labels(reason=outcome.reason.value).inc()
+        for msg in batch:  # in arrival order, after the commit
+            self._ack(msg)
+        with self._unacked_lock:
+            self._unacked -= len(batch)
+            self.metrics.backlog.set(self._unacked)
+        return result
+
+    def store(self, conn: psycopg.Connection[Any], batch: list[InboundMessage],
+              outcomes: list[ParseOutcome]) -> StoreResult:
+        readings = [r for o in outcomes for r in o.readings]
+        quarantine = [QuarantineEntry.of(m, o) for m, o in zip(batch, outcomes, strict=True)
+                      if o.quarantined]
+        try:
+            return store_batch(conn, readings, quarantine)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            # Not an outage: some row was refused. Store message by message so that one bad
+            # message cannot hold back the rest, and quarantine the one the database refuses.
+            log.warning("batch refused by the database (%s); storing message by message", exc)
+            return self.store_one_by_one(conn, batch, outcomes)
+
+    def store_one_by_one(self, conn: psycopg.Connection[Any], batch: list[InboundMessage],
+                         outcomes: list[ParseOutcome]) -> StoreResult:
+        inserted = duplicates = quarantined = 0
+        for msg, outcome in zip(batch, outcomes, strict=True):
+            entry = [QuarantineEntry.of(msg, outcome)] if outcome.quarantined else []
+            readings: list[Reading] = list(outcome.readings)
+            try:
+                res = store_batch(conn, readings, entry)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                rejection = Rejection(Reason.STORAGE_ERROR, str(exc).splitlines()[0])
+                res = store_batch(conn, [], [QuarantineEntry(
+                    msg.topic, msg.payload, msg.received_at,
+                    (rejection, *outcome.rejections), outcome.device_id)])
+            inserted += res.inserted
+            duplicates += res.duplicates
+            quarantined += res.quarantined
+        return StoreResult(inserted, duplicates, quarantined)
+
+    # -- connection -----------------------------------------------------------------------------
+    def connection(self) -> psycopg.Connection[Any]:
+        """The open connection, or a new one (DatabaseAuthError propagates: it is fatal)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.database_url)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+
+def limits_from(max_payload_bytes: int, max_readings: int, max_future_s: int) -> Limits:
+    return Limits(max_payload_bytes, max_readings, timedelta(seconds=max_future_s))

@@ -1,0 +1,1 @@
+"""Simulated field devices: realistic-enough feeds for the demo, tests and benchmarks."""

@@ -1,0 +1,274 @@
+"""The `urbanpulse` command: one entry point with a subcommand per job.
+
+Service modules are imported inside their subcommand, so `urbanpulse db migrate` needs
+neither a broker library loaded nor anything else it does not use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from urbanpulse import __version__
+from urbanpulse.errors import DatabaseAuthError, UrbanPulseError
+from urbanpulse.settings import Settings, load_settings
+
+log = logging.getLogger("urbanpulse")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    if getattr(args, "mqtt_url", None):
+        overrides["mqtt_url"] = args.mqtt_url
+    return load_settings(**overrides)
+
+
+def _policy(settings: Settings) -> Any:
+    from urbanpulse.db.policy import load_policy
+
+    return load_policy(settings.storage_policy)
+
+
+# --- db ----------------------------------------------------------------------------------------
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from urbanpulse.db.connect import where
+    from urbanpulse.db.migrate import migrate
+
+    settings = _settings(args)
+    result = migrate(settings.database_url, _policy(settings), timescale_mode=settings.timescaledb)
+    print(f"database {where(settings.database_url)}"
+          f"{' created' if result.created_database else ''}: "
+          f"{len(result.applied)} migration(s) applied"
+          f"{' (' + ', '.join(result.applied) + ')' if result.applied else ''}; storage: "
+          f"{'TimescaleDB hypertable + continuous aggregates' if result.timescale else 'plain PostgreSQL (rollup tables)'}")
+    return 0
+
+
+def cmd_db_maintain(args: argparse.Namespace) -> int:
+    from urbanpulse.db.connect import connect
+    from urbanpulse.db.policy import prune_plain, refresh_rollups, timescale_installed
+
+    settings = _settings(args)
+    policy = _policy(settings)
+    since = datetime.fromisoformat(args.since) if getattr(args, "since", None) else None
+    if since is not None and since.tzinfo is None:
+        raise UrbanPulseError("--since needs a timezone, e.g. 2026-11-01T00:00+08:00")
+    now = datetime.now(UTC)
+    with connect(settings.database_url, autocommit=True) as conn:
+        timescale = timescale_installed(conn)
+        refresh_rollups(conn, policy, timescale=timescale, now=now, since=since)
+        deleted = 0 if timescale or args.refresh_only else prune_plain(conn, policy, now)
+    names = ", ".join(r.name for r in policy.rollups)
+    print(f"refreshed {names}" + ("" if timescale else f"; retention removed {deleted} readings"))
+    return 0
+
+
+# --- devices -----------------------------------------------------------------------------------
+
+def cmd_devices_import(args: argparse.Namespace) -> int:
+    from urbanpulse.contract.registry import default_registry
+    from urbanpulse.db.connect import connect
+    from urbanpulse.db.devices import read_device_file, upsert_devices
+
+    settings = _settings(args)
+    specs = [s for f in args.files for s in read_device_file(Path(f), default_registry())]
+    with connect(settings.database_url) as conn:
+        result = upsert_devices(conn, specs)
+    print(f"{len(specs)} device(s): {result.created} created, {result.updated} updated")
+    return 0
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    from urbanpulse.db.connect import connect
+    from urbanpulse.db.devices import list_devices
+
+    settings = _settings(args)
+    with connect(settings.database_url) as conn:
+        rows = list_devices(conn, domain=args.domain, zone=args.zone)
+    if args.json:
+        print(json.dumps(rows, default=str, ensure_ascii=False, indent=2))
+        return 0
+    header = ("device_id", "domain", "kind", "zone", "every", "last_seen", "name")
+    table = [header] + [(r["device_id"], r["domain"], r["kind"], r["zone"] or "-",
+                         f"{r['report_interval_s']}s",
+                         r["last_seen"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+                         if r["last_seen"] else "never", r["name"]) for r in rows]
+    _print_table(table)
+    print(f"{len(rows)} device(s)")
+    return 0
+
+
+def _print_table(rows: Sequence[Sequence[object]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- quarantine --------------------------------------------------------------------------------
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    from urbanpulse.db.connect import connect
+    from urbanpulse.db.quarantine import summary
+
+    settings = _settings(args)
+    with connect(settings.database_url) as conn:
+        rows = summary(conn)
+    if not rows:
+        print("quarantine is empty")
+        return 0
+    _print_table([("reason", "state", "messages", "deliveries"), *rows])
+    return 0
+
+
+def cmd_quarantine_replay(args: argparse.Namespace) -> int:
+    from ingest.replay import ReplayResult, replay
+    from ingest.worker import limits_from
+    from urbanpulse.contract.registry import default_registry
+
+    settings = _settings(args)
+
+    def progress(r: ReplayResult) -> None:
+        print(f"  … {r.replayed} replayed, {r.still_failing} still failing", file=sys.stderr)
+
+    result = replay(settings.database_url, registry=default_registry(),
+                    prefix=settings.topic_prefix,
+                    limits=limits_from(settings.ingest_max_payload_bytes,
+                                       settings.ingest_max_readings_per_message,
+                                       settings.ingest_max_future_s),
+                    reason=args.reason, device_id=args.device,
+                    include_failed=args.include_failed, progress=progress)
+    print(f"replayed {result.replayed} message(s) ({result.readings_stored} readings stored, "
+          f"{result.duplicates} already present); {result.still_failing} still failing "
+          "(see `urbanpulse quarantine list`)")
+    return 0
+
+
+# --- services ----------------------------------------------------------------------------------
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ingest.service import run_ingest
+
+    settings = _settings(args)
+    if args.client_id:
+        settings = settings.model_copy(update={"ingest_client_id": args.client_id})
+    if args.metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": args.metrics_port})
+    return run_ingest(settings, worker_index=args.worker)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators.run import run_simulation
+
+    settings = _settings(args)
+    return run_simulation(settings, duration=args.duration, interval=args.interval,
+                          speed=args.speed, seed=args.seed, faults=args.faults)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from urbanpulse.demo import run_demo
+
+    return run_demo(_settings(args), duration=args.duration)
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="urbanpulse", description="UrbanPulse: sensor platform for Yongchuan's urban "
+        "renewal targets. Settings come from URBANPULSE_* environment variables.")
+    parser.add_argument("--version", action="version", version=f"urbanpulse {__version__}")
+    parser.add_argument("--database-url", help="overrides URBANPULSE_DATABASE_URL")
+    parser.add_argument("--mqtt-url", help="overrides URBANPULSE_MQTT_URL")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = sub.add_parser("db", help="database schema and maintenance").add_subparsers(
+        dest="db_command", required=True, metavar="ACTION")
+    db.add_parser("migrate", help="create the database if missing and apply migrations "
+                  "and the storage policy").set_defaults(func=cmd_db_migrate)
+    maintain = db.add_parser("maintain", help="refresh rollups; on plain PostgreSQL also "
+                             "apply retention")
+    maintain.add_argument("--since", help="recompute rollups from this time (late data)")
+    maintain.add_argument("--refresh-only", action="store_true", help="skip retention")
+    maintain.set_defaults(func=cmd_db_maintain)
+
+    devices = sub.add_parser("devices", help="device registry").add_subparsers(
+        dest="devices_command", required=True, metavar="ACTION")
+    imp = devices.add_parser("import", help="create or update devices from CSV or YAML files")
+    imp.add_argument("files", nargs="+", metavar="FILE")
+    imp.set_defaults(func=cmd_devices_import)
+    lst = devices.add_parser("list", help="list devices with their last reading")
+    lst.add_argument("--domain")
+    lst.add_argument("--zone")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_devices_list)
+
+    quarantine = sub.add_parser("quarantine", help="messages that could not be stored")
+    qsub = quarantine.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+    qsub.add_parser("list", help="counts by reason and state").set_defaults(
+        func=cmd_quarantine_list)
+    rep = qsub.add_parser("replay", help="re-validate pending messages (after provisioning "
+                          "a device, for example) and store what is now valid")
+    rep.add_argument("--reason", help="only this reason, e.g. unknown_device")
+    rep.add_argument("--device", help="only this device id")
+    rep.add_argument("--include-failed", action="store_true",
+                     help="also retry messages that failed an earlier replay")
+    rep.set_defaults(func=cmd_quarantine_replay)
+
+    ing = sub.add_parser("ingest", help="run an ingest worker (MQTT → database)")
+    ing.add_argument("--worker", type=int, default=0, help="worker index on this host (part of "
+                     "the stable MQTT client id)")
+    ing.add_argument("--client-id", help="explicit MQTT client id")
+    ing.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    ing.set_defaults(func=cmd_ingest)
+
+    sim = sub.add_parser("simulate", help="publish the simulated fleet's readings")
+    sim.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    sim.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
+    sim.add_argument("--speed", type=float, default=600.0,
+                     help="simulated seconds per real second for the daily shapes")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--faults", action="store_true", help="also send malformed messages")
+    sim.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="migrate, provision, ingest and simulate, with live "
+                          "progress; ends by itself")
+    demo.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        code: int = args.func(args)
+    except ValidationError as exc:
+        print(f"urbanpulse: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseAuthError as exc:
+        print(f"urbanpulse: {exc}", file=sys.stderr)
+        return 3
+    except UrbanPulseError as exc:
+        print(f"urbanpulse: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Storage: connections, migrations, storage policy, and the statements that read and write."""

@@ -1,0 +1,100 @@
+"""Settings from URBANPULSE_* environment variables, validated once in main()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/urbanpulse"
+DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform; each field maps to URBANPULSE_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="URBANPULSE_", extra="ignore")
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="PostgreSQL/TimescaleDB URL")
+    mqtt_url: str = Field(
+        DEFAULT_MQTT_URL, description="Broker URL: mqtt://[user:password@]host:port"
+    )
+    topic_prefix: str = Field("yc/v1", description="Topic prefix before <domain>/<device_id>")
+    ingest_group: str = Field("ingest", description="Shared-subscription group of ingest workers")
+    ingest_client_id: str = Field(
+        "", description="MQTT client id of this worker (default: urbanpulse-ingest-<host>-<pid>)"
+    )
+    ingest_session_expiry_s: int = Field(
+        3600, ge=0, description="How long the broker keeps a worker's session while it is away"
+    )
+    ingest_max_inflight: int = Field(
+        2000,
+        ge=1,
+        le=65535,
+        description="MQTT 5 Receive Maximum: unacknowledged messages the broker may send us; "
+        "bounds memory while the database is slow or down",
+    )
+    ingest_batch_messages: int = Field(500, ge=1, description="Flush a batch at this many messages")
+    ingest_batch_readings: int = Field(
+        10000, ge=1, description="Flush a batch at this many readings"
+    )
+    ingest_batch_delay_ms: int = Field(
+        200, ge=1, description="Flush a batch when its oldest message is this old"
+    )
+    ingest_max_payload_bytes: int = Field(
+        262144, ge=64, description="Larger payloads are quarantined as oversize"
+    )
+    ingest_max_readings_per_message: int = Field(
+        10000, ge=1, description="More readings in one message is quarantined as oversize"
+    )
+    ingest_max_future_s: int = Field(
+        300, ge=0, description="Measurement times further ahead of the clock are rejected"
+    )
+    ingest_device_refresh_s: float = Field(
+        30.0, gt=0, description="How often the device registry is re-read"
+    )
+    ingest_log_interval_s: float = Field(
+        30.0, gt=0, description="Period of the counters log line"
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus metrics port of a service (0: disabled)"
+    )
+    timescaledb: Literal["auto", "require", "off"] = Field(
+        "auto", description="Use TimescaleDB when the server has it (auto), insist, or never"
+    )
+    storage_policy: Path | None = Field(
+        None, description="Storage policy YAML (default: the packaged policy)"
+    )
+    log_level: str = Field("INFO", description="Python logging level")
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"mqtt", "mqtts", "tcp"} or not parts.hostname:
+            raise ValueError(f"expected mqtt://host:port, got {value!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"expected postgresql://user@host:port/dbname, got {value!r}")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or value.startswith("/") or value.endswith("/") or any(
+            c in value for c in "+#"
+        ):
+            raise ValueError("topic prefix must be non-empty, without wildcards or edge slashes")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment; keyword overrides win (used by tests and the CLI)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
