@@ -13,29 +13,47 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.received = Counter("urbanpulse_ingest_messages_received",
-                                "MQTT messages received (redeliveries included)", registry=r)
-        self.stored = Counter("urbanpulse_ingest_readings_stored",
-                              "Readings newly stored", registry=r)
-        self.duplicates = Counter("urbanpulse_ingest_readings_duplicate",
-                                  "Readings already stored (redelivery or resend), absorbed",
-                                  registry=r)
-        self.quarantined = Counter("urbanpulse_ingest_messages_quarantined",
-                                   "Messages quarantined, by first reason", ["reason"],
-                                   registry=r)
+        self.received = Counter(
+            "urbanpulse_ingest_messages_received",
+            "MQTT messages received (redeliveries included)",
+            registry=r,
+        )
+        self.stored = Counter(
+            "urbanpulse_ingest_readings_stored", "Readings newly stored", registry=r
+        )
+        self.duplicates = Counter(
+            "urbanpulse_ingest_readings_duplicate",
+            "Readings already stored (redelivery or resend), absorbed",
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "urbanpulse_ingest_messages_quarantined",
+            "Messages quarantined, by first reason",
+            ["reason"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
-            "urbanpulse_ingest_batch_seconds", "Time to store and commit one batch",
+            "urbanpulse_ingest_batch_seconds",
+            "Time to store and commit one batch",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=r)
-        self.db_errors = Counter("urbanpulse_ingest_db_errors",
-                                 "Failed attempts to store a batch (outages, restarts)",
-                                 registry=r)
-        self.backlog = Gauge("urbanpulse_ingest_unacked_messages",
-                             "Messages received and not yet acknowledged", registry=r)
-        self.db_up = Gauge("urbanpulse_ingest_database_up",
-                           "1 when the last store succeeded", registry=r)
-        self.mqtt_up = Gauge("urbanpulse_ingest_broker_connected",
-                             "1 while connected to the broker", registry=r)
+            registry=r,
+        )
+        self.db_errors = Counter(
+            "urbanpulse_ingest_db_errors",
+            "Failed attempts to store a batch (outages, restarts)",
+            registry=r,
+        )
+        self.backlog = Gauge(
+            "urbanpulse_ingest_unacked_messages",
+            "Messages received and not yet acknowledged",
+            registry=r,
+        )
+        self.db_up = Gauge(
+            "urbanpulse_ingest_database_up", "1 when the last store succeeded", registry=r
+        )
+        self.mqtt_up = Gauge(
+            "urbanpulse_ingest_broker_connected", "1 while connected to the broker", registry=r
+        )
         for reason in Reason:  # every reason visible at 0 from the start
             self.quarantined.labels(reason=reason.value)
 
@@ -51,14 +69,22 @@ class IngestMetrics:
                     out[name] = sample.value
         return out
 
+    def backlog_value(self) -> float:
+        return self.registry.get_sample_value("urbanpulse_ingest_unacked_messages") or 0.0
+
     def log_line(self) -> str:
         snap = self.snapshot()
-        reasons = ", ".join(f"{k.split('.', 1)[1]}={int(v)}" for k, v in sorted(snap.items())
-                            if k.startswith("quarantined.") and v)
-        return (f"received={int(snap.get('messages_received', 0))} "
-                f"stored={int(snap.get('readings_stored', 0))} "
-                f"duplicates={int(snap.get('readings_duplicate', 0))} "
-                f"quarantined={int(sum(v for k, v in snap.items() if k.startswith('quarantined.')))}"
-                f"{' (' + reasons + ')' if reasons else ''} "
-                f"db_errors={int(snap.get('db_errors', 0))} "
-                f"unacked={int(self.registry.get_sample_value('urbanpulse_ingest_unacked_messages') or 0)}")
+        reasons = ", ".join(
+            f"{k.split('.', 1)[1]}={int(v)}"
+            for k, v in sorted(snap.items())
+            if k.startswith("quarantined.") and v
+        )
+        return (
+            f"received={int(snap.get('messages_received', 0))} "
+            f"stored={int(snap.get('readings_stored', 0))} "
+            f"duplicates={int(snap.get('readings_duplicate', 0))} "
+            f"quarantined={int(sum(v for k, v in snap.items() if k.startswith('quarantined.')))}"
+            f"{' (' + reasons + ')' if reasons else ''} "
+            f"db_errors={int(snap.get('db_errors', 0))} "
+            f"unacked={int(self.backlog_value())}"
+        )

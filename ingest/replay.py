@@ -23,18 +23,32 @@ class ReplayResult:
     duplicates: int
 
 
-def replay(database_url: str, *, registry: Registry, prefix: str, limits: Limits,
-           reason: str | None = None, device_id: str | None = None,
-           include_failed: bool = False, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-           progress: Callable[[ReplayResult], None] | None = None) -> ReplayResult:
+def replay(
+    database_url: str,
+    *,
+    registry: Registry,
+    prefix: str,
+    limits: Limits,
+    reason: str | None = None,
+    device_id: str | None = None,
+    include_failed: bool = False,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    progress: Callable[[ReplayResult], None] | None = None,
+) -> ReplayResult:
     """Replay pending (and optionally failed) messages, a page per transaction."""
     replayed = failing = stored = dups = 0
     after = 0
     with connect(database_url) as conn:
         devices = device_refs(conn)
         while True:
-            page = q.pending(conn, reason=reason, device_id=device_id,
-                             include_failed=include_failed, after_id=after, limit=PAGE)
+            page = q.pending(
+                conn,
+                reason=reason,
+                device_id=device_id,
+                include_failed=include_failed,
+                after_id=after,
+                limit=PAGE,
+            )
             conn.commit()
             if not page:
                 break
@@ -44,8 +58,14 @@ def replay(database_url: str, *, registry: Registry, prefix: str, limits: Limits
                 ok_ids = []
                 for item in page:
                     msg = InboundMessage(item.topic, item.payload, item.received_at)
-                    outcome = parse_message(msg, registry=registry, devices=devices,
-                                            prefix=prefix, now=now, limits=limits)
+                    outcome = parse_message(
+                        msg,
+                        registry=registry,
+                        devices=devices,
+                        prefix=prefix,
+                        now=now,
+                        limits=limits,
+                    )
                     res = store_batch(conn, outcome.readings, [])
                     stored += res.inserted
                     dups += res.duplicates

@@ -35,8 +35,9 @@ def topic_filter(settings: Settings) -> str:
     return f"$share/{settings.ingest_group}/{settings.topic_prefix}/+/+"
 
 
-def run_ingest(settings: Settings, *, worker_index: int = 0,
-               stop: threading.Event | None = None) -> int:
+def run_ingest(
+    settings: Settings, *, worker_index: int = 0, stop: threading.Event | None = None
+) -> int:
     """Run until SIGTERM/SIGINT (or `stop`); returns the process exit code."""
     stop = stop or threading.Event()
     metrics = IngestMetrics()
@@ -45,21 +46,33 @@ def run_ingest(settings: Settings, *, worker_index: int = 0,
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
     source_box: list[MqttSource] = []
     worker = IngestWorker(
-        database_url=settings.database_url, registry=default_registry(),
+        database_url=settings.database_url,
+        registry=default_registry(),
         prefix=settings.topic_prefix,
-        limits=limits_from(settings.ingest_max_payload_bytes,
-                           settings.ingest_max_readings_per_message, settings.ingest_max_future_s),
-        batch=BatchPolicy(settings.ingest_batch_messages, settings.ingest_batch_readings,
-                          settings.ingest_batch_delay_ms / 1000.0),
-        ack=lambda msg: source_box[0].ack(msg), metrics=metrics,
-        device_refresh_s=settings.ingest_device_refresh_s)
+        limits=limits_from(
+            settings.ingest_max_payload_bytes,
+            settings.ingest_max_readings_per_message,
+            settings.ingest_max_future_s,
+        ),
+        batch=BatchPolicy(
+            settings.ingest_batch_messages,
+            settings.ingest_batch_readings,
+            settings.ingest_batch_delay_ms / 1000.0,
+        ),
+        ack=lambda msg: source_box[0].ack(msg),  # noqa: PLW0108 - late-bound: source comes next
+        metrics=metrics,
+        device_refresh_s=settings.ingest_device_refresh_s,
+    )
     worker.connection()  # fail fast on a wrong URL or credentials, before taking messages
-    source = MqttSource(parse_broker_url(settings.mqtt_url),
-                        client_id=settings.ingest_client_id
-                        or default_client_id(settings.ingest_group, worker_index),
-                        topic_filter=topic_filter(settings), sink=worker.offer,
-                        session_expiry_s=settings.ingest_session_expiry_s,
-                        receive_maximum=settings.ingest_max_inflight)
+    source = MqttSource(
+        parse_broker_url(settings.mqtt_url),
+        client_id=settings.ingest_client_id
+        or default_client_id(settings.ingest_group, worker_index),
+        topic_filter=topic_filter(settings),
+        sink=worker.offer,
+        session_expiry_s=settings.ingest_session_expiry_s,
+        receive_maximum=settings.ingest_max_inflight,
+    )
     source_box.append(source)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -82,8 +95,13 @@ def run_ingest(settings: Settings, *, worker_index: int = 0,
     thread = threading.Thread(target=work, name="ingest-writer", daemon=True)
     source.start()
     thread.start()
-    log.info("ingest worker %d (pid %d) consuming %s from %s", worker_index, os.getpid(),
-             topic_filter(settings), source.broker)
+    log.info(
+        "ingest worker %d (pid %d) consuming %s from %s",
+        worker_index,
+        os.getpid(),
+        topic_filter(settings),
+        source.broker,
+    )
     last_log = time.monotonic()
     while not stop.wait(min(settings.ingest_log_interval_s, 1.0)):
         metrics.mqtt_up.set(1 if source.connected.is_set() else 0)
@@ -109,4 +127,3 @@ def run_ingest(settings: Settings, *, worker_index: int = 0,
             return 1
         raise exc
     return EXIT_OK
-

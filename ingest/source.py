@@ -39,9 +39,16 @@ KEEPALIVE_S = 30
 class MqttSource:
     """Delivers InboundMessage objects to `sink` from the paho network thread."""
 
-    def __init__(self, broker: BrokerAddress, *, client_id: str, topic_filter: str,
-                 sink: Callable[[InboundMessage], None], session_expiry_s: int,
-                 receive_maximum: int) -> None:
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        *,
+        client_id: str,
+        topic_filter: str,
+        sink: Callable[[InboundMessage], None],
+        session_expiry_s: int,
+        receive_maximum: int,
+    ) -> None:
         self.broker = broker
         self.topic_filter = topic_filter
         self._sink = sink
@@ -51,8 +58,9 @@ class MqttSource:
         self.connected = threading.Event()
         self.fatal: str | None = None
         self._lock = threading.Lock()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=True)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
         if broker.username:
             client.username_pw_set(broker.username, broker.password)
         if broker.tls:
@@ -69,8 +77,13 @@ class MqttSource:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._session_expiry_s
         props.ReceiveMaximum = self._receive_maximum
-        self._client.connect_async(self.broker.host, self.broker.port, keepalive=KEEPALIVE_S,
-                                   clean_start=False, properties=props)
+        self._client.connect_async(
+            self.broker.host,
+            self.broker.port,
+            keepalive=KEEPALIVE_S,
+            clean_start=False,
+            properties=props,
+        )
         self._client.loop_start()
 
     def stop(self) -> None:
@@ -94,38 +107,60 @@ class MqttSource:
         return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # -- paho callbacks: never raise into the network loop ---------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
-                    reason: ReasonCode, properties: Properties | None) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason.is_failure:
             text = FATAL_CONNACK.get(reason.value)
             if text:
                 self.fatal = f"broker {self.broker} refused the connection: {text}"
                 log.error("%s — check the credentials in URBANPULSE_MQTT_URL", self.fatal)
             else:
-                log.warning("broker %s refused the connection: %s; retrying", self.broker,
-                            reason.getName())
+                log.warning(
+                    "broker %s refused the connection: %s; retrying", self.broker, reason.getName()
+                )
             return
         with self._lock:
             self.generation += 1
         self.connected.set()
-        log.info("connected to %s (session present: %s); subscribing to %s", self.broker,
-                 flags.session_present, self.topic_filter)
+        log.info(
+            "connected to %s (session present: %s); subscribing to %s",
+            self.broker,
+            flags.session_present,
+            self.topic_filter,
+        )
         client.subscribe(self.topic_filter, qos=1)
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
-                      reasons: list[ReasonCode], properties: Properties | None) -> None:
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
         for rc in reasons:
             if rc.is_failure:
-                self.fatal = f"broker refused the subscription to {self.topic_filter}: " \
-                             f"{rc.getName()}"
+                self.fatal = (
+                    f"broker refused the subscription to {self.topic_filter}: {rc.getName()}"
+                )
                 log.error("%s — check the broker ACL for this account", self.fatal)
                 return
-        log.info("subscribed to %s (QoS %d)", self.topic_filter, reasons[0].value if reasons
-                 else 1)
+        log.info("subscribed to %s (QoS %d)", self.topic_filter, reasons[0].value if reasons else 1)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any,
-                       flags: mqtt.DisconnectFlags, reason: ReasonCode,
-                       properties: Properties | None) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         self.connected.clear()
         if reason.value != 0:
             log.warning("disconnected from %s: %s; reconnecting", self.broker, reason.getName())
@@ -136,9 +171,19 @@ class MqttSource:
         except UnicodeDecodeError:  # a topic that is not UTF-8 still ends in quarantine
             topic = message._topic.decode("utf-8", "replace")
         try:
-            self._sink(InboundMessage(topic=topic, payload=bytes(message.payload),
-                                      received_at=datetime.now(UTC), qos=message.qos,
-                                      mid=message.mid, generation=self.generation))
+            self._sink(
+                InboundMessage(
+                    topic=topic,
+                    payload=bytes(message.payload),
+                    received_at=datetime.now(UTC),
+                    qos=message.qos,
+                    mid=message.mid,
+                    generation=self.generation,
+                )
+            )
         except Exception:  # a sink bug must not kill the network thread
-            log.exception("dropping message from the sink on %s (not acknowledged; the "
-                          "broker will redeliver it)", topic[:200])
+            log.exception(
+                "dropping message from the sink on %s (not acknowledged; the "
+                "broker will redeliver it)",
+                topic[:200],
+            )

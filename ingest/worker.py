@@ -8,6 +8,7 @@ the database is down the backlog waits in the broker, not here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -68,10 +69,19 @@ class DeviceCache:
 class IngestWorker:
     """Consumes `inbox`, stores, and calls `ack` for each message once it is committed."""
 
-    def __init__(self, *, database_url: str, registry: Registry, prefix: str, limits: Limits,
-                 batch: BatchPolicy, ack: Callable[[InboundMessage], bool],
-                 metrics: IngestMetrics | None = None, device_refresh_s: float = 30.0,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        registry: Registry,
+        prefix: str,
+        limits: Limits,
+        batch: BatchPolicy,
+        ack: Callable[[InboundMessage], bool],
+        metrics: IngestMetrics | None = None,
+        device_refresh_s: float = 30.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.database_url = database_url
         self.registry = registry
         self.prefix = prefix
@@ -114,8 +124,10 @@ class IngestWorker:
                 finally:
                     timer.cancel()
         except Stopped:
-            log.warning("stopped before the database came back; unacknowledged messages stay "
-                        "with the broker and will be redelivered")
+            log.warning(
+                "stopped before the database came back; unacknowledged messages stay "
+                "with the broker and will be redelivered"
+            )
         finally:
             self.close()
 
@@ -151,8 +163,9 @@ class IngestWorker:
             except queue.Empty:
                 return out
 
-    def validate(self, batch: list[InboundMessage],
-                 conn: psycopg.Connection[Any]) -> list[ParseOutcome]:
+    def validate(
+        self, batch: list[InboundMessage], conn: psycopg.Connection[Any]
+    ) -> list[ParseOutcome]:
         wanted = set()
         for msg in batch:
             parts = msg.topic.split("/")
@@ -160,8 +173,17 @@ class IngestWorker:
                 wanted.add(parts[-1])
         devices = self.devices.get(conn, wanted)
         now = self.clock()
-        return [parse_message(m, registry=self.registry, devices=devices, prefix=self.prefix,
-                              now=now, limits=self.limits) for m in batch]
+        return [
+            parse_message(
+                m,
+                registry=self.registry,
+                devices=devices,
+                prefix=self.prefix,
+                now=now,
+                limits=self.limits,
+            )
+            for m in batch
+        ]
 
     def process(self, batch: list[InboundMessage], stop: threading.Event) -> StoreResult:
         """Validate and store a batch, retrying through outages; then acknowledge it."""
@@ -180,9 +202,13 @@ class IngestWorker:
                 self.metrics.db_up.set(0)
                 self.close()
                 delay = self._backoff.delay()
-                log.warning("database write failed (%s); %d messages held unacknowledged, "
-                            "retrying in %.1f s", str(exc).splitlines()[0] if str(exc) else
-                            type(exc).__name__, len(batch), delay)
+                log.warning(
+                    "database write failed (%s); %d messages held unacknowledged, "
+                    "retrying in %.1f s",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    len(batch),
+                    delay,
+                )
                 if stop.wait(delay):
                     raise Stopped from exc
         self.metrics.stored.inc(result.inserted)
@@ -197,11 +223,16 @@ class IngestWorker:
             self.metrics.backlog.set(self._unacked)
         return result
 
-    def store(self, conn: psycopg.Connection[Any], batch: list[InboundMessage],
-              outcomes: list[ParseOutcome]) -> StoreResult:
+    def store(
+        self,
+        conn: psycopg.Connection[Any],
+        batch: list[InboundMessage],
+        outcomes: list[ParseOutcome],
+    ) -> StoreResult:
         readings = [r for o in outcomes for r in o.readings]
-        quarantine = [QuarantineEntry.of(m, o) for m, o in zip(batch, outcomes, strict=True)
-                      if o.quarantined]
+        quarantine = [
+            QuarantineEntry.of(m, o) for m, o in zip(batch, outcomes, strict=True) if o.quarantined
+        ]
         try:
             return store_batch(conn, readings, quarantine)
         except psycopg.OperationalError:
@@ -212,8 +243,12 @@ class IngestWorker:
             log.warning("batch refused by the database (%s); storing message by message", exc)
             return self.store_one_by_one(conn, batch, outcomes)
 
-    def store_one_by_one(self, conn: psycopg.Connection[Any], batch: list[InboundMessage],
-                         outcomes: list[ParseOutcome]) -> StoreResult:
+    def store_one_by_one(
+        self,
+        conn: psycopg.Connection[Any],
+        batch: list[InboundMessage],
+        outcomes: list[ParseOutcome],
+    ) -> StoreResult:
         inserted = duplicates = quarantined = 0
         for msg, outcome in zip(batch, outcomes, strict=True):
             entry = [QuarantineEntry.of(msg, outcome)] if outcome.quarantined else []
@@ -224,9 +259,19 @@ class IngestWorker:
                 raise
             except psycopg.Error as exc:
                 rejection = Rejection(Reason.STORAGE_ERROR, str(exc).splitlines()[0])
-                res = store_batch(conn, [], [QuarantineEntry(
-                    msg.topic, msg.payload, msg.received_at,
-                    (rejection, *outcome.rejections), outcome.device_id)])
+                res = store_batch(
+                    conn,
+                    [],
+                    [
+                        QuarantineEntry(
+                            msg.topic,
+                            msg.payload,
+                            msg.received_at,
+                            (rejection, *outcome.rejections),
+                            outcome.device_id,
+                        )
+                    ],
+                )
             inserted += res.inserted
             duplicates += res.duplicates
             quarantined += res.quarantined
@@ -241,10 +286,8 @@ class IngestWorker:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self._conn.close()
-            except psycopg.Error:
-                pass
             self._conn = None
 
 

@@ -51,7 +51,7 @@ class Feed:
     occupied: dict[str, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
+        self.rng = random.Random(self.seed)  # noqa: S311 - simulation, not cryptography
         for d in self.devices:
             if d["kind"] == "customer_meter":
                 self.volumes[d["device_id"]] = 1000.0 + self.rng.random() * 500
@@ -72,8 +72,9 @@ class Feed:
         peak_at, half_width = 240.0, 90.0
         return max(0.0, 80.0 * (1 - abs(sim_min - peak_at) / half_width))
 
-    def messages(self, now: datetime, elapsed_s: float, step_s: float,
-                 start_hour: float = 6.0) -> list[tuple[str, bytes]]:
+    def messages(
+        self, now: datetime, elapsed_s: float, step_s: float, start_hour: float = 6.0
+    ) -> list[tuple[str, bytes]]:
         hour = self.sim_hour(elapsed_s, start_hour)
         ts = int(now.timestamp() * 1000)
         sim_step_h = step_s * self.speed / 3600.0
@@ -87,8 +88,12 @@ class Feed:
                 use_m3h = 0.6 * demand * (0.8 + 0.4 * self.rng.random())
                 self.volumes[dev] += use_m3h * sim_step_h
                 zone_use[d["zone"]] = zone_use.get(d["zone"], 0.0) + use_m3h
-                body: Any = {"metric": "volume", "value": round(self.volumes[dev], 4),
-                             "unit": "m3", "ts": ts}
+                body: Any = {
+                    "metric": "volume",
+                    "value": round(self.volumes[dev], 4),
+                    "unit": "m3",
+                    "ts": ts,
+                }
             elif kind == "inlet_meter":
                 continue  # after the customers of its zone, below
             elif kind == "depth_gauge":
@@ -96,29 +101,48 @@ class Feed:
                 level = self.depth[dev] + max(0.0, rain - capacity) * 0.35 * sim_step_h * 10
                 level -= 12.0 * sim_step_h  # drain-down
                 self.depth[dev] = max(0.0, level)
-                body = [{"bn": f"urn:dev:yc:{dev}:", "bt": ts / 1000.0, "n": "depth", "u": "cm",
-                         "v": round(self.depth[dev] + self.rng.gauss(0, 0.2), 2)}]
+                body = [
+                    {
+                        "bn": f"urn:dev:yc:{dev}:",
+                        "bt": ts / 1000.0,
+                        "n": "depth",
+                        "u": "cm",
+                        "v": round(self.depth[dev] + self.rng.gauss(0, 0.2), 2),
+                    }
+                ]
             elif kind == "rain_gauge":
-                body = {"ts": ts, "values": {"rain_rate": round(rain, 2),
-                                             "rainfall": round(rain * sim_step_h, 3)}}
+                body = {
+                    "ts": ts,
+                    "values": {
+                        "rain_rate": round(rain, 2),
+                        "rainfall": round(rain * sim_step_h, 3),
+                    },
+                }
             elif kind == "aq_station":
                 base = 40 + 25 * math.cos((hour - 8) / 24 * 2 * math.pi)
                 o3 = max(5.0, 60 + 80 * math.sin((hour - 9) / 24 * 2 * math.pi))
-                body = {"ts": ts, "values": {
-                    "pm25": round(base * (0.9 + 0.2 * self.rng.random()), 1),
-                    "pm10": round(base * 1.6 * (0.9 + 0.2 * self.rng.random()), 1),
-                    "so2": round(8 + 4 * self.rng.random(), 1),
-                    "no2": round(25 + 20 * _diurnal(hour) / 1.6, 1),
-                    "o3": round(o3, 1),
-                    "co": {"value": round(700 + 300 * self.rng.random()), "unit": "ug/m3"}}}
+                body = {
+                    "ts": ts,
+                    "values": {
+                        "pm25": round(base * (0.9 + 0.2 * self.rng.random()), 1),
+                        "pm10": round(base * 1.6 * (0.9 + 0.2 * self.rng.random()), 1),
+                        "so2": round(8 + 4 * self.rng.random(), 1),
+                        "no2": round(25 + 20 * _diurnal(hour) / 1.6, 1),
+                        "o3": round(o3, 1),
+                        "co": {"value": round(700 + 300 * self.rng.random()), "unit": "ug/m3"},
+                    },
+                }
             elif kind == "car_park":
                 cap = float(d.get("capacity") or 100)
                 target = cap * min(0.97, 0.15 + 0.8 * math.exp(-((hour - 10) ** 2) / 18))
                 cur = self.occupied[dev] + (target - self.occupied[dev]) * 0.3
                 self.occupied[dev] = cur
-                body = {"readings": [
-                    {"metric": "occupied", "value": round(cur), "ts": ts},
-                    {"metric": "capacity", "value": cap, "ts": ts}]}
+                body = {
+                    "readings": [
+                        {"metric": "occupied", "value": round(cur), "ts": ts},
+                        {"metric": "capacity", "value": cap, "ts": ts},
+                    ]
+                }
             else:
                 continue
             out.append((self.topic(d), json.dumps(body, ensure_ascii=False).encode()))
@@ -126,9 +150,13 @@ class Feed:
             if d["kind"] == "inlet_meter":
                 used = zone_use.get(d["zone"], 0.0)
                 inflow_m3h = used / (1 - LEAK_FRACTION)
-                body = {"ts": ts, "values": {
-                    "flow": {"value": round(inflow_m3h / 3.6, 4), "unit": "L/s"},
-                    "pressure": round(0.32 - 0.04 * demand / 1.6, 4)}}
+                body = {
+                    "ts": ts,
+                    "values": {
+                        "flow": {"value": round(inflow_m3h / 3.6, 4), "unit": "L/s"},
+                        "pressure": round(0.32 - 0.04 * demand / 1.6, 4),
+                    },
+                }
                 out.append((self.topic(d), json.dumps(body).encode()))
         return out
 
@@ -136,9 +164,13 @@ class Feed:
         """Messages a broken field device would send; each must end in quarantine."""
         ts = int(now.timestamp() * 1000)
         return [
-            (f"{self.prefix}/air/aq-unprovisioned",
-             json.dumps({"metric": "pm25", "value": 50, "ts": ts}).encode()),
+            (
+                f"{self.prefix}/air/aq-unprovisioned",
+                json.dumps({"metric": "pm25", "value": 50, "ts": ts}).encode(),
+            ),
             (f"{self.prefix}/flood/fl-lc-honghe", b'{"metric": "depth", "value": 3,'),
-            (f"{self.prefix}/parking/pk-school",
-             json.dumps({"metric": "occupied", "value": -4, "ts": ts}).encode()),
+            (
+                f"{self.prefix}/parking/pk-school",
+                json.dumps({"metric": "occupied", "value": -4, "ts": ts}).encode(),
+            ),
         ]

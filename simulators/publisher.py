@@ -15,8 +15,9 @@ class Publisher:
     """A QoS 1 publisher that can wait until the broker has every message."""
 
     def __init__(self, broker: BrokerAddress, client_id: str) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
         if broker.username:
             self.client.username_pw_set(broker.username, broker.password)
         if broker.tls:
@@ -32,8 +33,12 @@ class Publisher:
         self.client.loop_start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.flush()
         self.client.disconnect()
         self.client.loop_stop()

@@ -17,9 +17,17 @@ from urbanpulse.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def simulate(settings: Settings, *, duration: float, interval: float, speed: float, seed: int,
-             faults: bool, stop: threading.Event | None = None,
-             on_round: Callable[[int, int], None] | None = None) -> int:
+def simulate(
+    settings: Settings,
+    *,
+    duration: float,
+    interval: float,
+    speed: float,
+    seed: int,
+    faults: bool,
+    stop: threading.Event | None = None,
+    on_round: Callable[[int, int], None] | None = None,
+) -> int:
     """Publish rounds of readings every `interval` s; returns the number of messages sent."""
     stop = stop or threading.Event()
     feed = Feed(fleet(), prefix=settings.topic_prefix, seed=seed, speed=speed)
@@ -44,12 +52,20 @@ def simulate(settings: Settings, *, duration: float, interval: float, speed: flo
     return pub.published
 
 
-def run_simulation(settings: Settings, *, duration: float, interval: float, speed: float,
-                   seed: int, faults: bool) -> int:
+def run_simulation(
+    settings: Settings, *, duration: float, interval: float, speed: float, seed: int, faults: bool
+) -> int:
     stop = threading.Event()
     try:
-        sent = simulate(settings, duration=duration, interval=interval, speed=speed, seed=seed,
-                        faults=faults, stop=stop)
+        sent = simulate(
+            settings,
+            duration=duration,
+            interval=interval,
+            speed=speed,
+            seed=seed,
+            faults=faults,
+            stop=stop,
+        )
     except KeyboardInterrupt:
         stop.set()
         return 130

@@ -41,17 +41,24 @@ def _policy(settings: Settings) -> Any:
 
 # --- db ----------------------------------------------------------------------------------------
 
+
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     from urbanpulse.db.connect import where
     from urbanpulse.db.migrate import migrate
 
     settings = _settings(args)
     result = migrate(settings.database_url, _policy(settings), timescale_mode=settings.timescaledb)
-    print(f"database {where(settings.database_url)}"
-          f"{' created' if result.created_database else ''}: "
-          f"{len(result.applied)} migration(s) applied"
-          f"{' (' + ', '.join(result.applied) + ')' if result.applied else ''}; storage: "
-          f"{'TimescaleDB hypertable + continuous aggregates' if result.timescale else 'plain PostgreSQL (rollup tables)'}")
+    print(
+        f"database {where(settings.database_url)}"
+        f"{' created' if result.created_database else ''}: "
+        f"{len(result.applied)} migration(s) applied"
+        f"{' (' + ', '.join(result.applied) + ')' if result.applied else ''}; storage: "
+        + (
+            "TimescaleDB hypertable + continuous aggregates"
+            if result.timescale
+            else "plain PostgreSQL (rollup tables)"
+        )
+    )
     return 0
 
 
@@ -75,6 +82,7 @@ def cmd_db_maintain(args: argparse.Namespace) -> int:
 
 
 # --- devices -----------------------------------------------------------------------------------
+
 
 def cmd_devices_import(args: argparse.Namespace) -> int:
     from urbanpulse.contract.registry import default_registry
@@ -100,10 +108,20 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, default=str, ensure_ascii=False, indent=2))
         return 0
     header = ("device_id", "domain", "kind", "zone", "every", "last_seen", "name")
-    table = [header] + [(r["device_id"], r["domain"], r["kind"], r["zone"] or "-",
-                         f"{r['report_interval_s']}s",
-                         r["last_seen"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-                         if r["last_seen"] else "never", r["name"]) for r in rows]
+    table = [header] + [
+        (
+            r["device_id"],
+            r["domain"],
+            r["kind"],
+            r["zone"] or "-",
+            f"{r['report_interval_s']}s",
+            r["last_seen"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            if r["last_seen"]
+            else "never",
+            r["name"],
+        )
+        for r in rows
+    ]
     _print_table(table)
     print(f"{len(rows)} device(s)")
     return 0
@@ -116,6 +134,7 @@ def _print_table(rows: Sequence[Sequence[object]]) -> None:
 
 
 # --- quarantine --------------------------------------------------------------------------------
+
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
     from urbanpulse.db.connect import connect
@@ -141,20 +160,30 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
     def progress(r: ReplayResult) -> None:
         print(f"  … {r.replayed} replayed, {r.still_failing} still failing", file=sys.stderr)
 
-    result = replay(settings.database_url, registry=default_registry(),
-                    prefix=settings.topic_prefix,
-                    limits=limits_from(settings.ingest_max_payload_bytes,
-                                       settings.ingest_max_readings_per_message,
-                                       settings.ingest_max_future_s),
-                    reason=args.reason, device_id=args.device,
-                    include_failed=args.include_failed, progress=progress)
-    print(f"replayed {result.replayed} message(s) ({result.readings_stored} readings stored, "
-          f"{result.duplicates} already present); {result.still_failing} still failing "
-          "(see `urbanpulse quarantine list`)")
+    result = replay(
+        settings.database_url,
+        registry=default_registry(),
+        prefix=settings.topic_prefix,
+        limits=limits_from(
+            settings.ingest_max_payload_bytes,
+            settings.ingest_max_readings_per_message,
+            settings.ingest_max_future_s,
+        ),
+        reason=args.reason,
+        device_id=args.device,
+        include_failed=args.include_failed,
+        progress=progress,
+    )
+    print(
+        f"replayed {result.replayed} message(s) ({result.readings_stored} readings stored, "
+        f"{result.duplicates} already present); {result.still_failing} still failing "
+        "(see `urbanpulse quarantine list`)"
+    )
     return 0
 
 
 # --- services ----------------------------------------------------------------------------------
+
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.service import run_ingest
@@ -171,8 +200,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from simulators.run import run_simulation
 
     settings = _settings(args)
-    return run_simulation(settings, duration=args.duration, interval=args.interval,
-                          speed=args.speed, seed=args.seed, faults=args.faults)
+    return run_simulation(
+        settings,
+        duration=args.duration,
+        interval=args.interval,
+        speed=args.speed,
+        seed=args.seed,
+        faults=args.faults,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -183,10 +218,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- parser ------------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="urbanpulse", description="UrbanPulse: sensor platform for Yongchuan's urban "
-        "renewal targets. Settings come from URBANPULSE_* environment variables.")
+        prog="urbanpulse",
+        description="UrbanPulse: sensor platform for Yongchuan's urban "
+        "renewal targets. Settings come from URBANPULSE_* environment variables.",
+    )
     parser.add_argument("--version", action="version", version=f"urbanpulse {__version__}")
     parser.add_argument("--database-url", help="overrides URBANPULSE_DATABASE_URL")
     parser.add_argument("--mqtt-url", help="overrides URBANPULSE_MQTT_URL")
@@ -194,17 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     db = sub.add_parser("db", help="database schema and maintenance").add_subparsers(
-        dest="db_command", required=True, metavar="ACTION")
-    db.add_parser("migrate", help="create the database if missing and apply migrations "
-                  "and the storage policy").set_defaults(func=cmd_db_migrate)
-    maintain = db.add_parser("maintain", help="refresh rollups; on plain PostgreSQL also "
-                             "apply retention")
+        dest="db_command", required=True, metavar="ACTION"
+    )
+    db.add_parser(
+        "migrate", help="create the database if missing and apply migrations and the storage policy"
+    ).set_defaults(func=cmd_db_migrate)
+    maintain = db.add_parser(
+        "maintain", help="refresh rollups; on plain PostgreSQL also apply retention"
+    )
     maintain.add_argument("--since", help="recompute rollups from this time (late data)")
     maintain.add_argument("--refresh-only", action="store_true", help="skip retention")
     maintain.set_defaults(func=cmd_db_maintain)
 
     devices = sub.add_parser("devices", help="device registry").add_subparsers(
-        dest="devices_command", required=True, metavar="ACTION")
+        dest="devices_command", required=True, metavar="ACTION"
+    )
     imp = devices.add_parser("import", help="create or update devices from CSV or YAML files")
     imp.add_argument("files", nargs="+", metavar="FILE")
     imp.set_defaults(func=cmd_devices_import)
@@ -217,18 +259,29 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine = sub.add_parser("quarantine", help="messages that could not be stored")
     qsub = quarantine.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
     qsub.add_parser("list", help="counts by reason and state").set_defaults(
-        func=cmd_quarantine_list)
-    rep = qsub.add_parser("replay", help="re-validate pending messages (after provisioning "
-                          "a device, for example) and store what is now valid")
+        func=cmd_quarantine_list
+    )
+    rep = qsub.add_parser(
+        "replay",
+        help="re-validate pending messages (after provisioning "
+        "a device, for example) and store what is now valid",
+    )
     rep.add_argument("--reason", help="only this reason, e.g. unknown_device")
     rep.add_argument("--device", help="only this device id")
-    rep.add_argument("--include-failed", action="store_true",
-                     help="also retry messages that failed an earlier replay")
+    rep.add_argument(
+        "--include-failed",
+        action="store_true",
+        help="also retry messages that failed an earlier replay",
+    )
     rep.set_defaults(func=cmd_quarantine_replay)
 
     ing = sub.add_parser("ingest", help="run an ingest worker (MQTT → database)")
-    ing.add_argument("--worker", type=int, default=0, help="worker index on this host (part of "
-                     "the stable MQTT client id)")
+    ing.add_argument(
+        "--worker",
+        type=int,
+        default=0,
+        help="worker index on this host (part of the stable MQTT client id)",
+    )
     ing.add_argument("--client-id", help="explicit MQTT client id")
     ing.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     ing.set_defaults(func=cmd_ingest)
@@ -236,14 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="publish the simulated fleet's readings")
     sim.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     sim.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
-    sim.add_argument("--speed", type=float, default=600.0,
-                     help="simulated seconds per real second for the daily shapes")
+    sim.add_argument(
+        "--speed",
+        type=float,
+        default=600.0,
+        help="simulated seconds per real second for the daily shapes",
+    )
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--faults", action="store_true", help="also send malformed messages")
     sim.set_defaults(func=cmd_simulate)
 
-    demo = sub.add_parser("demo", help="migrate, provision, ingest and simulate, with live "
-                          "progress; ends by itself")
+    demo = sub.add_parser(
+        "demo", help="migrate, provision, ingest and simulate, with live progress; ends by itself"
+    )
     demo.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -251,9 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         code: int = args.func(args)
     except ValidationError as exc:

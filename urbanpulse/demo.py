@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from urbanpulse.contract.registry import default_registry
 from urbanpulse.db.connect import connect, where
@@ -32,19 +32,29 @@ def _say(text: str) -> None:
 def _counts(conn: Any, since: datetime) -> tuple[dict[str, int], int]:
     rows = conn.execute(
         "SELECT d.domain, count(*) FROM readings r JOIN devices d USING (device_id) "
-        "WHERE r.ingested_at >= %s GROUP BY 1", (since,)).fetchall()
-    q = conn.execute("SELECT count(*) FROM quarantine WHERE last_received_at >= %s",
-                     (since,)).fetchone()
+        "WHERE r.ingested_at >= %s GROUP BY 1",
+        (since,),
+    ).fetchall()
+    q = conn.execute(
+        "SELECT count(*) FROM quarantine WHERE last_received_at >= %s", (since,)
+    ).fetchone()
     conn.commit()
     return {str(k): int(v) for k, v in rows}, int(q[0]) if q else 0
 
 
 def _start_ingest(settings: Settings) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
-    env = dict(os.environ, URBANPULSE_DATABASE_URL=settings.database_url,
-               URBANPULSE_MQTT_URL=settings.mqtt_url, URBANPULSE_INGEST_LOG_INTERVAL_S="10")
-    proc = subprocess.Popen([sys.executable, "-m", "urbanpulse.cli", "ingest",
-                             "--client-id", "urbanpulse-demo-ingest"],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        URBANPULSE_DATABASE_URL=settings.database_url,
+        URBANPULSE_MQTT_URL=settings.mqtt_url,
+        URBANPULSE_INGEST_LOG_INTERVAL_S="10",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "urbanpulse.cli", "ingest", "--client-id", "urbanpulse-demo-ingest"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
@@ -59,12 +69,19 @@ def _start_ingest(settings: Settings) -> tuple[subprocess.Popen[str], queue.Queu
 def run_demo(settings: Settings, *, duration: float) -> int:
     from simulators.run import simulate
 
-    _say(f"▶ UrbanPulse demo — database {where(settings.database_url)}, broker "
-         f"{settings.mqtt_url}, {duration:.0f} s")
-    result = migrate(settings.database_url, load_policy(settings.storage_policy),
-                     timescale_mode=settings.timescaledb)
-    _say(f"  schema ready ({'TimescaleDB' if result.timescale else 'plain PostgreSQL'}; "
-         f"{len(result.applied)} migration(s) applied now)")
+    _say(
+        f"▶ UrbanPulse demo — database {where(settings.database_url)}, broker "
+        f"{settings.mqtt_url}, {duration:.0f} s"
+    )
+    result = migrate(
+        settings.database_url,
+        load_policy(settings.storage_policy),
+        timescale_mode=settings.timescaledb,
+    )
+    _say(
+        f"  schema ready ({'TimescaleDB' if result.timescale else 'plain PostgreSQL'}; "
+        f"{len(result.applied)} migration(s) applied now)"
+    )
     fleet_file = Path(str(resources.files("simulators").joinpath("fleet.yaml")))
     specs = read_device_file(fleet_file, default_registry())
     with connect(settings.database_url) as conn:
@@ -84,11 +101,15 @@ def run_demo(settings: Settings, *, duration: float) -> int:
             _say(f"  ingest: {line}")
     if not subscribed:
         proc.terminate()
-        _say("✗ the ingest worker did not subscribe; is Mosquitto running at "
-             f"{settings.mqtt_url}? (see `urbanpulse ingest` output)")
+        _say(
+            "✗ the ingest worker did not subscribe; is Mosquitto running at "
+            f"{settings.mqtt_url}? (see `urbanpulse ingest` output)"
+        )
         return 1
-    _say(f"  ingest worker running (pid {proc.pid}); publishing the four domains' feeds, "
-         "with a few deliberately broken messages")
+    _say(
+        f"  ingest worker running (pid {proc.pid}); publishing the four domains' feeds, "
+        "with a few deliberately broken messages"
+    )
 
     started = datetime.now(UTC)
     stop = threading.Event()
@@ -103,13 +124,23 @@ def run_demo(settings: Settings, *, duration: float) -> int:
         with connect(settings.database_url) as conn:
             counts, quarantined = _counts(conn, started)
         per = "  ".join(f"{d} {counts.get(d, 0):>5}" for d in DOMAINS)
-        _say(f"  t+{(datetime.now(UTC) - started).total_seconds():3.0f}s  published "
-             f"{published:>5} msgs │ readings stored: {per} │ quarantined {quarantined}")
+        _say(
+            f"  t+{(datetime.now(UTC) - started).total_seconds():3.0f}s  published "
+            f"{published:>5} msgs │ readings stored: {per} │ quarantined {quarantined}"
+        )
 
     interrupted = False
     try:
-        simulate(settings, duration=duration, interval=1.0, speed=600.0, seed=7, faults=True,
-                 stop=stop, on_round=on_round)
+        simulate(
+            settings,
+            duration=duration,
+            interval=1.0,
+            speed=600.0,
+            seed=7,
+            faults=True,
+            stop=stop,
+            on_round=on_round,
+        )
     except KeyboardInterrupt:
         interrupted = True
         stop.set()
@@ -122,26 +153,32 @@ def run_demo(settings: Settings, *, duration: float) -> int:
         code = -9
     with connect(settings.database_url) as conn:
         counts, quarantined = _counts(conn, started)
-        reasons = conn.execute("SELECT reason, count(*) FROM quarantine WHERE "
-                               "last_received_at >= %s GROUP BY 1 ORDER BY 1",
-                               (started,)).fetchall()
+        reasons = conn.execute(
+            "SELECT reason, count(*) FROM quarantine WHERE "
+            "last_received_at >= %s GROUP BY 1 ORDER BY 1",
+            (started,),
+        ).fetchall()
         latest = conn.execute(
             "SELECT DISTINCT ON (r.device_id, r.metric) d.domain, r.device_id, r.metric, "
             "r.value, r.ts FROM readings r JOIN devices d USING (device_id) "
             "WHERE r.ingested_at >= %s ORDER BY r.device_id, r.metric, r.ts DESC",
-            (started,)).fetchall()
+            (started,),
+        ).fetchall()
     _say("")
-    _say(f"■ demo {'interrupted' if interrupted else 'finished'}: {sent[0]} messages published; "
-         f"ingest exited with code {code}")
+    _say(
+        f"■ demo {'interrupted' if interrupted else 'finished'}: {sent[0]} messages published; "
+        f"ingest exited with code {code}"
+    )
     for d in DOMAINS:
         _say(f"  {d:<8} {counts.get(d, 0):>6} readings stored")
-    _say(f"  quarantine: {quarantined} message(s) "
-         + ", ".join(f"{r}={n}" for r, n in reasons))
+    _say(f"  quarantine: {quarantined} message(s) " + ", ".join(f"{r}={n}" for r, n in reasons))
     units = {m.name: m.unit for m in default_registry().metrics.values()}
     _say("  latest values:")
     for domain, device, metric, value, ts in latest:
-        _say(f"    {domain:<8} {device:<18} {metric:<10} {value:>10.3f} {units[metric]:<6} "
-             f"at {ts.astimezone(UTC):%H:%M:%SZ}")
+        _say(
+            f"    {domain:<8} {device:<18} {metric:<10} {value:>10.3f} "
+            f"{units[str(metric)]:<6} at {cast(datetime, ts).astimezone(UTC):%H:%M:%SZ}"
+        )
     _say("")
     _say("Where to look next:")
     _say("  urbanpulse devices list              devices with their last reading")

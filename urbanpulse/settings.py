@@ -56,9 +56,7 @@ class Settings(BaseSettings):
     ingest_device_refresh_s: float = Field(
         30.0, gt=0, description="How often the device registry is re-read"
     )
-    ingest_log_interval_s: float = Field(
-        30.0, gt=0, description="Period of the counters log line"
-    )
+    ingest_log_interval_s: float = Field(30.0, gt=0, description="Period of the counters log line")
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus metrics port of a service (0: disabled)"
     )
@@ -88,8 +86,11 @@ class Settings(BaseSettings):
     @field_validator("topic_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if not value or value.startswith("/") or value.endswith("/") or any(
-            c in value for c in "+#"
+        if (
+            not value
+            or value.startswith("/")
+            or value.endswith("/")
+            or any(c in value for c in "+#")
         ):
             raise ValueError("topic prefix must be non-empty, without wildcards or edge slashes")
         return value

@@ -34,8 +34,10 @@ MIN_EPOCH_MS = 946_684_800_000
 MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 # RFC 8428 §4.5.3: SenML times below 2**28 are relative to "now"; we never invent a time.
 SENML_RELATIVE_LIMIT = 2**28
-SENML_KEYS = frozenset({"bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd",
-                        "s", "t", "ut"})
+SENML_KEYS = frozenset(
+    {"bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"}
+)
+SENML_BASE_KEYS = frozenset({"bn", "bt", "bu", "bv", "bs", "bver"})
 # How much of a bad value is quoted back in a rejection detail.
 QUOTE_LIMIT = 60
 
@@ -68,7 +70,7 @@ def parse_topic(topic: str, prefix: str) -> tuple[str, str] | None:
     head = prefix + "/"
     if not topic.startswith(head):
         return None
-    parts = topic[len(head):].split("/")
+    parts = topic[len(head) :].split("/")
     if len(parts) != 2 or not parts[0] or not parts[1]:
         return None
     return parts[0], parts[1]
@@ -101,8 +103,10 @@ def parse_time(raw: Any, now: datetime, max_future: timedelta) -> datetime:
     else:
         raise _Reject(Reason.BAD_TIMESTAMP, f"ts must be epoch ms or RFC 3339, got {_quote(raw)}")
     if ts > now + max_future:
-        raise _Reject(Reason.FUTURE_TIMESTAMP,
-                      f"ts {ts.isoformat()} is {(ts - now).total_seconds():.0f} s in the future")
+        raise _Reject(
+            Reason.FUTURE_TIMESTAMP,
+            f"ts {ts.isoformat()} is {(ts - now).total_seconds():.0f} s in the future",
+        )
     return ts
 
 
@@ -121,8 +125,9 @@ def _number(raw: Any) -> float:
 class _Validator:
     """Validates the entries of one message against the registry and its device."""
 
-    def __init__(self, registry: Registry, device: DeviceRef, now: datetime,
-                 limits: Limits) -> None:
+    def __init__(
+        self, registry: Registry, device: DeviceRef, now: datetime, limits: Limits
+    ) -> None:
         self.registry = registry
         self.device = device
         self.now = now
@@ -130,35 +135,47 @@ class _Validator:
 
     def reading(self, metric_name: Any, raw_value: Any, unit: Any, ts: datetime) -> Reading:
         if not isinstance(metric_name, str) or not metric_name:
-            raise _Reject(Reason.BAD_SCHEMA, f"metric must be a non-empty string, got "
-                                             f"{_quote(metric_name)}")
+            raise _Reject(
+                Reason.BAD_SCHEMA, f"metric must be a non-empty string, got {_quote(metric_name)}"
+            )
         metric = self.registry.metric(metric_name)
         if metric is None:
             raise _Reject(Reason.UNKNOWN_METRIC, f"unknown metric {_quote(metric_name)}")
         if metric.domain != self.device.domain:
-            raise _Reject(Reason.UNKNOWN_METRIC, f"{metric_name} is a {metric.domain} metric; "
-                                                 f"device {self.device.device_id} is "
-                                                 f"{self.device.domain}")
+            raise _Reject(
+                Reason.UNKNOWN_METRIC,
+                f"{metric_name} is a {metric.domain} metric; "
+                f"device {self.device.device_id} is "
+                f"{self.device.domain}",
+            )
         value = _number(raw_value)
         if unit is not None and not isinstance(unit, str):
             raise _Reject(Reason.BAD_UNIT, f"unit must be a string, got {_quote(unit)}")
         canonical = metric.to_canonical(value, unit)
         if canonical is None:
-            raise _Reject(Reason.BAD_UNIT, f"unit {_quote(unit)} not accepted for {metric_name} "
-                                           f"(canonical {metric.unit})")
+            raise _Reject(
+                Reason.BAD_UNIT,
+                f"unit {_quote(unit)} not accepted for {metric_name} (canonical {metric.unit})",
+            )
         if not metric.in_range(canonical):
-            raise _Reject(Reason.OUT_OF_RANGE, f"{metric_name}={canonical:g} {metric.unit} "
-                                               f"outside [{metric.min:g}, {metric.max:g}]")
+            raise _Reject(
+                Reason.OUT_OF_RANGE,
+                f"{metric_name}={canonical:g} {metric.unit} "
+                f"outside [{metric.min:g}, {metric.max:g}]",
+            )
         return Reading(self.device.device_id, metric_name, ts, canonical)
 
     def check_device_field(self, entry: Mapping[str, Any]) -> None:
         named = entry.get("device")
         if named is not None and named != self.device.device_id:
-            raise _Reject(Reason.TOPIC_MISMATCH, f"payload names device {_quote(named)} but the "
-                                                 f"topic is {self.device.device_id}")
+            raise _Reject(
+                Reason.TOPIC_MISMATCH,
+                f"payload names device {_quote(named)} but the topic is {self.device.device_id}",
+            )
 
-    def entry(self, entry: Any, default_ts: Any, index: int | None,
-              rejections: list[Rejection]) -> list[Reading]:
+    def entry(
+        self, entry: Any, default_ts: Any, index: int | None, rejections: list[Rejection]
+    ) -> list[Reading]:
         """One JSON entry: a single reading or a several-metrics object.
 
         In a several-metrics object each value stands alone: a bad one is rejected, the others
@@ -195,15 +212,21 @@ class _Validator:
                 prefix, metric = name.rsplit(sep, 1)
                 last = prefix.replace("/", ":").rsplit(":", 1)[-1]
                 if last != self.device.device_id:
-                    raise _Reject(Reason.TOPIC_MISMATCH, f"SenML name {_quote(name)} is not for "
-                                                         f"device {self.device.device_id}")
+                    raise _Reject(
+                        Reason.TOPIC_MISMATCH,
+                        f"SenML name {_quote(name)} is not for device {self.device.device_id}",
+                    )
                 return metric
         return name
 
 
 def _is_senml(doc: list[Any]) -> bool:
-    return bool(doc) and isinstance(doc[0], dict) and bool(SENML_KEYS & doc[0].keys()) and not (
-        {"metric", "values"} & doc[0].keys())
+    return (
+        bool(doc)
+        and isinstance(doc[0], dict)
+        and bool(SENML_KEYS & doc[0].keys())
+        and not ({"metric", "values"} & doc[0].keys())
+    )
 
 
 def _senml(v: _Validator, records: list[Any]) -> tuple[list[Reading], list[Rejection]]:
@@ -213,8 +236,9 @@ def _senml(v: _Validator, records: list[Any]) -> tuple[list[Reading], list[Rejec
     for i, rec in enumerate(records):
         try:
             if not isinstance(rec, dict):
-                raise _Reject(Reason.BAD_SCHEMA, f"SenML record must be an object, got "
-                                                 f"{_quote(rec)}")
+                raise _Reject(
+                    Reason.BAD_SCHEMA, f"SenML record must be an object, got {_quote(rec)}"
+                )
             if "bn" in rec:
                 if not isinstance(rec["bn"], str):
                     raise _Reject(Reason.BAD_SCHEMA, "SenML bn must be a string")
@@ -227,8 +251,8 @@ def _senml(v: _Validator, records: list[Any]) -> tuple[list[Reading], list[Rejec
                 bv = _number(rec["bv"])
             has_value = any(k in rec for k in ("v", "vs", "vb", "vd", "s"))
             if not has_value:
-                if "n" in rec:
-                    raise _Reject(Reason.BAD_VALUE, "SenML record has a name but no value")
+                if rec.keys() - SENML_BASE_KEYS:
+                    raise _Reject(Reason.BAD_VALUE, "SenML record has no value (v)")
                 continue  # a record that only sets base fields
             if "v" not in rec:
                 raise _Reject(Reason.BAD_VALUE, "only numeric SenML values (v) are accepted")
@@ -237,13 +261,19 @@ def _senml(v: _Validator, records: list[Any]) -> tuple[list[Reading], list[Rejec
                 raise _Reject(Reason.BAD_SCHEMA, "SenML record has no name (n or bn)")
             seconds = bt + _number(rec.get("t", 0))
             if abs(seconds) < SENML_RELATIVE_LIMIT:
-                raise _Reject(Reason.BAD_TIMESTAMP, "SenML time is relative (no bt/t as epoch "
-                                                    "seconds); the measurement time is required")
+                raise _Reject(
+                    Reason.BAD_TIMESTAMP,
+                    "SenML time is relative (no bt/t as epoch "
+                    "seconds); the measurement time is required",
+                )
             ts = parse_time(seconds * 1000.0, v.now, v.limits.max_future)
-            readings.append(v.reading(v.senml_name(name), bv + _number(rec["v"]),
-                                      rec.get("u", bu), ts))
+            readings.append(
+                v.reading(v.senml_name(name), bv + _number(rec["v"]), rec.get("u", bu), ts)
+            )
         except _Reject as rej:
             rejections.append(Rejection(rej.reason, rej.detail, i))
+    if not readings and not rejections:
+        rejections.append(Rejection(Reason.BAD_SCHEMA, "SenML pack holds no values"))
     return readings, rejections
 
 
@@ -263,8 +293,9 @@ def _structure(v: _Validator, doc: Any) -> tuple[list[Reading], list[Rejection]]
     elif isinstance(doc, dict):
         entries = [doc]
     else:
-        raise _Reject(Reason.BAD_SCHEMA, f"payload must be an object or array, got "
-                                         f"{type(doc).__name__}")
+        raise _Reject(
+            Reason.BAD_SCHEMA, f"payload must be an object or array, got {type(doc).__name__}"
+        )
     if not entries:
         raise _Reject(Reason.BAD_SCHEMA, "payload holds no readings")
     for i, entry in enumerate(entries):
@@ -290,19 +321,29 @@ def decode_json(payload: bytes) -> Any:
         raise _Reject(Reason.BAD_JSON, f"invalid JSON: {exc}") from None
 
 
-def parse_message(msg: InboundMessage, *, registry: Registry, devices: Mapping[str, DeviceRef],
-                  prefix: str, now: datetime, limits: Limits = Limits()) -> ParseOutcome:
+def parse_message(
+    msg: InboundMessage,
+    *,
+    registry: Registry,
+    devices: Mapping[str, DeviceRef],
+    prefix: str,
+    now: datetime,
+    limits: Limits = Limits(),
+) -> ParseOutcome:
     """Validate one message. Pure: same inputs, same outcome; never raises on bad input."""
     topic = parse_topic(msg.topic, prefix)
     device_id = topic[1] if topic else None
     domain = topic[0] if topic else None
     try:
         if len(msg.payload) > limits.max_payload_bytes:
-            raise _Reject(Reason.OVERSIZE, f"payload is {len(msg.payload)} bytes, limit "
-                                           f"{limits.max_payload_bytes}")
+            raise _Reject(
+                Reason.OVERSIZE,
+                f"payload is {len(msg.payload)} bytes, limit {limits.max_payload_bytes}",
+            )
         if topic is None:
-            raise _Reject(Reason.BAD_TOPIC, f"topic {_quote(msg.topic)} is not "
-                                            f"{prefix}/<domain>/<device_id>")
+            raise _Reject(
+                Reason.BAD_TOPIC, f"topic {_quote(msg.topic)} is not {prefix}/<domain>/<device_id>"
+            )
         if domain not in registry.domains:
             raise _Reject(Reason.BAD_TOPIC, f"unknown domain {_quote(domain)}")
         doc = decode_json(msg.payload)
@@ -312,16 +353,17 @@ def parse_message(msg: InboundMessage, *, registry: Registry, devices: Mapping[s
         if device is None:
             raise _Reject(Reason.UNKNOWN_DEVICE, f"device {device_id} is not provisioned")
         if device.domain != domain:
-            raise _Reject(Reason.TOPIC_MISMATCH, f"device {device_id} is {device.domain}, topic "
-                                                 f"says {domain}")
+            raise _Reject(
+                Reason.TOPIC_MISMATCH, f"device {device_id} is {device.domain}, topic says {domain}"
+            )
         validator = _Validator(registry, device, now, limits)
         readings, rejections = _structure(validator, doc)
         if len(readings) > limits.max_readings:
-            raise _Reject(Reason.OVERSIZE, f"{len(readings)} readings, limit "
-                                           f"{limits.max_readings}")
+            raise _Reject(Reason.OVERSIZE, f"{len(readings)} readings, limit {limits.max_readings}")
     except _Reject as rej:
         return ParseOutcome((), (Rejection(rej.reason, rej.detail),), device_id, domain)
     except RecursionError:  # a pathological structure deeper than json allowed us to see
-        return ParseOutcome((), (Rejection(Reason.BAD_JSON, "JSON nested too deeply"),),
-                            device_id, domain)
+        return ParseOutcome(
+            (), (Rejection(Reason.BAD_JSON, "JSON nested too deeply"),), device_id, domain
+        )
     return ParseOutcome(tuple(readings), tuple(rejections), device_id, domain)

@@ -94,23 +94,29 @@ def parse_registry(doc: Any, source: str) -> Registry:
             if spec.get("domain") not in domains:
                 raise ContractError(f"{where}: domain {spec.get('domain')!r} is not declared")
             unit = str(spec["unit"])
-            factors = {normalise_unit(str(u)): _number(f, f"{where} unit {u}")
-                       for u, f in (spec.get("units") or {}).items()}
+            factors = {
+                normalise_unit(str(u)): _number(f, f"{where} unit {u}")
+                for u, f in (spec.get("units") or {}).items()
+            }
             if factors.get(normalise_unit(unit)) != 1.0:
-                raise ContractError(f"{where}: canonical unit {unit!r} must be listed with factor 1")
+                raise ContractError(
+                    f"{where}: canonical unit {unit!r} must be listed with factor 1"
+                )
             lo, hi = _number(spec["min"], f"{where} min"), _number(spec["max"], f"{where} max")
             if lo > hi:
                 raise ContractError(f"{where}: min {lo} is above max {hi}")
-            metrics[name] = Metric(name, str(spec["domain"]), unit, str(spec.get("description", "")),
-                                   lo, hi, factors)
+            metrics[name] = Metric(
+                name, str(spec["domain"]), unit, str(spec.get("description", "")), lo, hi, factors
+            )
         except KeyError as exc:
             problems.append(f"{where}: missing key {exc}")
         except ContractError as exc:
             problems.append(str(exc))
     if problems:
         raise ContractError("invalid metric registry:\n  " + "\n  ".join(problems))
-    return Registry(int(doc.get("version", 1)), {str(k): str(v) for k, v in domains.items()},
-                    metrics)
+    return Registry(
+        int(doc.get("version", 1)), {str(k): str(v) for k, v in domains.items()}, metrics
+    )
 
 
 def load_registry(path: Path | None = None) -> Registry:

@@ -10,8 +10,7 @@ from psycopg import sql
 from urbanpulse.errors import DatabaseAuthError, DatabaseUnavailable
 
 CONNECT_TIMEOUT_S = 5
-_AUTH_MARKERS = ("password authentication failed", "no password supplied", "role ",
-                 "pg_hba.conf")
+_AUTH_MARKERS = ("password authentication failed", "no password supplied", "role ", "pg_hba.conf")
 
 
 def where(url: str) -> str:
@@ -47,8 +46,12 @@ def classify(exc: psycopg.OperationalError, url: str) -> DatabaseAuthError | Dat
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
     """A new connection, or DatabaseUnavailable / DatabaseAuthError."""
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S,
-                               application_name="urbanpulse")
+        return psycopg.connect(
+            url,
+            autocommit=autocommit,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            application_name="urbanpulse",
+        )
     except psycopg.OperationalError as exc:
         raise classify(exc, url) from exc
 
@@ -71,5 +74,6 @@ def drop_database(url: str) -> None:
     """Drop the database named in the URL (tests and `db drop`), closing its sessions."""
     name = database_name(url)
     with connect(with_database(url, "postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )

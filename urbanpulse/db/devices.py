@@ -89,8 +89,10 @@ def _yaml_rows(text: str) -> list[tuple[str, dict[str, Any]]]:
         doc = doc["devices"]
     if not isinstance(doc, list):
         raise ContractError("expected a list of devices (or a mapping with one key 'devices')")
-    return [(f"device #{i + 1}", item if isinstance(item, dict) else {"_": item})
-            for i, item in enumerate(doc)]
+    return [
+        (f"device #{i + 1}", item if isinstance(item, dict) else {"_": item})
+        for i, item in enumerate(doc)
+    ]
 
 
 def read_device_file(path: Path, registry: Registry) -> list[DeviceSpec]:
@@ -115,12 +117,14 @@ def read_device_file(path: Path, registry: Registry) -> list[DeviceSpec]:
                 problems.append(f"{path}: {where}: {loc}: {err['msg']}")
             continue
         if spec.domain not in registry.domains:
-            problems.append(f"{path}: {where}: domain {spec.domain!r} is not one of "
-                            f"{sorted(registry.domains)}")
+            problems.append(
+                f"{path}: {where}: domain {spec.domain!r} is not one of {sorted(registry.domains)}"
+            )
             continue
         if spec.device_id in seen:
-            problems.append(f"{path}: {where}: device_id {spec.device_id} repeats "
-                            f"{seen[spec.device_id]}")
+            problems.append(
+                f"{path}: {where}: device_id {spec.device_id} repeats {seen[spec.device_id]}"
+            )
             continue
         seen[spec.device_id] = where
         specs.append(spec)
@@ -147,9 +151,21 @@ def upsert_devices(conn: psycopg.Connection[Any], specs: Sequence[DeviceSpec]) -
     created = updated = 0
     with conn.transaction(), conn.cursor() as cur:
         for s in specs:
-            cur.execute(_UPSERT, (s.device_id, s.domain, s.kind, s.name, s.lat, s.lon, s.zone,
-                                  s.capacity, s.report_interval_s,
-                                  json.dumps(s.attributes, ensure_ascii=False)))
+            cur.execute(
+                _UPSERT,
+                (
+                    s.device_id,
+                    s.domain,
+                    s.kind,
+                    s.name,
+                    s.lat,
+                    s.lon,
+                    s.zone,
+                    s.capacity,
+                    s.report_interval_s,
+                    json.dumps(s.attributes, ensure_ascii=False),
+                ),
+            )
             row = cur.fetchone()
             if row and row[0]:
                 created += 1
@@ -160,12 +176,15 @@ def upsert_devices(conn: psycopg.Connection[Any], specs: Sequence[DeviceSpec]) -
 
 def device_refs(conn: psycopg.Connection[Any]) -> dict[str, DeviceRef]:
     """The snapshot validation needs: every device id with its domain."""
-    return {str(d): DeviceRef(str(d), str(dom))
-            for d, dom in conn.execute("SELECT device_id, domain FROM devices").fetchall()}
+    return {
+        str(d): DeviceRef(str(d), str(dom))
+        for d, dom in conn.execute("SELECT device_id, domain FROM devices").fetchall()
+    }
 
 
-def list_devices(conn: psycopg.Connection[Any], *, domain: str | None = None,
-                 zone: str | None = None) -> list[dict[str, Any]]:
+def list_devices(
+    conn: psycopg.Connection[Any], *, domain: str | None = None, zone: str | None = None
+) -> list[dict[str, Any]]:
     """Devices with their last reading time, for `urbanpulse devices list`."""
     rows = conn.execute(
         """
@@ -176,9 +195,19 @@ def list_devices(conn: psycopg.Connection[Any], *, domain: str | None = None,
          WHERE (%(domain)s::text IS NULL OR d.domain = %(domain)s)
            AND (%(zone)s::text IS NULL OR d.zone = %(zone)s)
          ORDER BY d.domain, d.device_id
-        """, {"domain": domain, "zone": zone}).fetchall()
-    keys = ("device_id", "domain", "kind", "name", "zone", "capacity", "report_interval_s",
-            "lat", "lon", "last_seen")
+        """,
+        {"domain": domain, "zone": zone},
+    ).fetchall()
+    keys = (
+        "device_id",
+        "domain",
+        "kind",
+        "name",
+        "zone",
+        "capacity",
+        "report_interval_s",
+        "lat",
+        "lon",
+        "last_seen",
+    )
     return [dict(zip(keys, row, strict=True)) for row in rows]
-
-

@@ -51,8 +51,9 @@ def migrations() -> list[Migration]:
     for entry in resources.files("urbanpulse.db").joinpath("migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
-            found.append(Migration(int(match.group(1)), match.group(2),
-                                   entry.read_text(encoding="utf-8")))
+            found.append(
+                Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8"))
+            )
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
@@ -62,25 +63,31 @@ def migrations() -> list[Migration]:
 
 def _apply_migrations(conn: psycopg.Connection[Any]) -> list[str]:
     applied: list[str] = []
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
-                 "name text NOT NULL, checksum text NOT NULL, "
-                 "applied_at timestamptz NOT NULL DEFAULT now())")
-    done = {int(v): str(c) for v, c in
-            conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()}
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+        "name text NOT NULL, checksum text NOT NULL, "
+        "applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    done = {
+        int(v): str(c)
+        for v, c in conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+    }
     for mig in migrations():
         if mig.version in done:
             if done[mig.version] != mig.checksum:
                 raise MigrationError(
                     f"migration {mig.version:04d}_{mig.name} was changed after it was applied; "
-                    "add a new migration instead of editing an applied one")
+                    "add a new migration instead of editing an applied one"
+                )
             continue
         try:
             conn.execute(mig.sql.encode("utf-8"))
         except psycopg.Error as exc:
-            raise MigrationError(f"migration {mig.version:04d}_{mig.name} failed: {exc}") \
-                from exc
-        conn.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                     (mig.version, mig.name, mig.checksum))
+            raise MigrationError(f"migration {mig.version:04d}_{mig.name} failed: {exc}") from exc
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+            (mig.version, mig.name, mig.checksum),
+        )
         applied.append(f"{mig.version:04d}_{mig.name}")
     return applied
 

@@ -55,8 +55,13 @@ class StoragePolicy:
         return ZoneInfo(self.timezone)
 
 
-_ROLLUP_KEYS = {"bucket", "refresh_start_offset", "refresh_end_offset", "refresh_every",
-                "retention"}
+_ROLLUP_KEYS = {
+    "bucket",
+    "refresh_start_offset",
+    "refresh_end_offset",
+    "refresh_every",
+    "retention",
+}
 _SEGMENT_COLUMNS = {"device_id", "metric"}
 
 
@@ -69,8 +74,7 @@ def parse_policy(doc: Any, source: str) -> StoragePolicy:
     if extra:
         problems.append(f"unknown keys {sorted(extra)}")
     readings = doc.get("readings") or {}
-    extra = set(readings) - {"chunk_interval", "compress_after", "compress_segment_by",
-                             "retention"}
+    extra = set(readings) - {"chunk_interval", "compress_after", "compress_segment_by", "retention"}
     if extra:
         problems.append(f"readings: unknown keys {sorted(extra)}")
     timezone = str(doc.get("timezone", "UTC"))
@@ -102,22 +106,29 @@ def parse_policy(doc: Any, source: str) -> StoragePolicy:
         if bucket is None:
             problems.append(f"rollups.{name}.bucket is required")
             continue
-        rollups.append(Rollup(
-            str(name), bucket,
-            interval(spec.get("refresh_start_offset", "3 days"), f"rollups.{name}") or bucket,
-            interval(spec.get("refresh_end_offset", "0 hours"), f"rollups.{name}")
-            or timedelta(0),
-            interval(spec.get("refresh_every", "15 minutes"), f"rollups.{name}")
-            or timedelta(minutes=15),
-            interval(spec.get("retention"), f"rollups.{name}.retention"),
-        ))
+        rollups.append(
+            Rollup(
+                str(name),
+                bucket,
+                interval(spec.get("refresh_start_offset", "3 days"), f"rollups.{name}") or bucket,
+                interval(spec.get("refresh_end_offset", "0 hours"), f"rollups.{name}")
+                or timedelta(0),
+                interval(spec.get("refresh_every", "15 minutes"), f"rollups.{name}")
+                or timedelta(minutes=15),
+                interval(spec.get("retention"), f"rollups.{name}.retention"),
+            )
+        )
     chunk = interval(readings.get("chunk_interval", "1 day"), "readings.chunk_interval")
     if problems:
         raise ConfigError(f"invalid storage policy {source}:\n  " + "\n  ".join(problems))
-    return StoragePolicy(timezone, chunk or timedelta(days=1),
-                         interval(readings.get("compress_after"), "readings.compress_after"),
-                         segment_by, interval(readings.get("retention"), "readings.retention"),
-                         tuple(rollups))
+    return StoragePolicy(
+        timezone,
+        chunk or timedelta(days=1),
+        interval(readings.get("compress_after"), "readings.compress_after"),
+        segment_by,
+        interval(readings.get("retention"), "readings.retention"),
+        tuple(rollups),
+    )
 
 
 def load_policy(path: Path | None = None) -> StoragePolicy:
@@ -132,6 +143,7 @@ def load_policy(path: Path | None = None) -> StoragePolicy:
 
 # --- the rollup query, shared by both paths --------------------------------------------------
 
+
 def _origin(policy: StoragePolicy) -> datetime:
     """Bucket origin at local midnight; the zone has a fixed offset (China has no DST)."""
     return datetime(2000, 1, 1, tzinfo=policy.tz).astimezone(UTC)
@@ -139,16 +151,22 @@ def _origin(policy: StoragePolicy) -> datetime:
 
 def _rollup_select(rollup: Rollup, policy: StoragePolicy, timescale: bool) -> sql.Composed:
     if timescale:
-        bucket = sql.SQL("time_bucket({}::interval, ts, {})").format(
-            sql.Literal(rollup.bucket), sql.Literal(policy.timezone)) \
-            if rollup.bucket >= timedelta(days=1) else \
-            sql.SQL("time_bucket({}::interval, ts)").format(sql.Literal(rollup.bucket))
+        bucket = (
+            sql.SQL("time_bucket({}::interval, ts, {})").format(
+                sql.Literal(rollup.bucket), sql.Literal(policy.timezone)
+            )
+            if rollup.bucket >= timedelta(days=1)
+            else sql.SQL("time_bucket({}::interval, ts)").format(sql.Literal(rollup.bucket))
+        )
         first_last = sql.SQL("first(value, ts) AS first, last(value, ts) AS last")
     else:
         bucket = sql.SQL("date_bin({}::interval, ts, {}::timestamptz)").format(
-            sql.Literal(rollup.bucket), sql.Literal(_origin(policy)))
-        first_last = sql.SQL("(array_agg(value ORDER BY ts))[1] AS first, "
-                             "(array_agg(value ORDER BY ts DESC))[1] AS last")
+            sql.Literal(rollup.bucket), sql.Literal(_origin(policy))
+        )
+        first_last = sql.SQL(
+            "(array_agg(value ORDER BY ts))[1] AS first, "
+            "(array_agg(value ORDER BY ts DESC))[1] AS last"
+        )
     return sql.SQL(
         "SELECT device_id, metric, {bucket} AS bucket, count(*)::integer AS n, "
         "avg(value) AS avg, min(value) AS min, max(value) AS max, sum(value) AS sum, {fl} "
@@ -158,9 +176,12 @@ def _rollup_select(rollup: Rollup, policy: StoragePolicy, timescale: bool) -> sq
 
 # --- feature detection --------------------------------------------------------------------
 
+
 def timescale_installed(conn: psycopg.Connection[Any]) -> bool:
-    return conn.execute(
-        "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is not None
+    return (
+        conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+        is not None
+    )
 
 
 def try_enable_timescale(conn: psycopg.Connection[Any], mode: str) -> bool:
@@ -170,7 +191,8 @@ def try_enable_timescale(conn: psycopg.Connection[Any], mode: str) -> bool:
     if timescale_installed(conn):
         return True
     available = conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
     if available:
         try:
             with conn.transaction():
@@ -178,48 +200,69 @@ def try_enable_timescale(conn: psycopg.Connection[Any], mode: str) -> bool:
             return True
         except psycopg.Error as exc:  # e.g. not in shared_preload_libraries
             if mode == "require":
-                raise ConfigError(f"TimescaleDB is required but cannot be enabled: {exc}") \
-                    from exc
-            log.warning("TimescaleDB is available but cannot be enabled (%s); "
-                        "using plain PostgreSQL", str(exc).splitlines()[0])
+                raise ConfigError(f"TimescaleDB is required but cannot be enabled: {exc}") from exc
+            log.warning(
+                "TimescaleDB is available but cannot be enabled (%s); using plain PostgreSQL",
+                str(exc).splitlines()[0],
+            )
             return False
     if mode == "require":
-        raise ConfigError("TimescaleDB is required (URBANPULSE_TIMESCALEDB=require) but the "
-                          "extension is not installed on this server")
+        raise ConfigError(
+            "TimescaleDB is required (URBANPULSE_TIMESCALEDB=require) but the "
+            "extension is not installed on this server"
+        )
     return False
 
 
 # --- applying ---------------------------------------------------------------------------------
 
+
 def _relkind(conn: psycopg.Connection[Any], name: str) -> str | None:
-    row = conn.execute("SELECT c.relkind FROM pg_class c JOIN pg_namespace n "
-                       "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() "
-                       "AND c.relname = %s", (name,)).fetchone()
+    row = conn.execute(
+        "SELECT c.relkind FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() "
+        "AND c.relname = %s",
+        (name,),
+    ).fetchone()
     return str(row[0]) if row else None
 
 
 def _is_hypertable(conn: psycopg.Connection[Any], name: str) -> bool:
-    return conn.execute("SELECT 1 FROM timescaledb_information.hypertables "
-                        "WHERE hypertable_name = %s", (name,)).fetchone() is not None
+    return (
+        conn.execute(
+            "SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = %s", (name,)
+        ).fetchone()
+        is not None
+    )
 
 
 def _is_cagg(conn: psycopg.Connection[Any], name: str) -> bool:
-    return conn.execute("SELECT 1 FROM timescaledb_information.continuous_aggregates "
-                        "WHERE view_name = %s", (name,)).fetchone() is not None
+    return (
+        conn.execute(
+            "SELECT 1 FROM timescaledb_information.continuous_aggregates WHERE view_name = %s",
+            (name,),
+        ).fetchone()
+        is not None
+    )
 
 
 def apply_timescale(conn: psycopg.Connection[Any], policy: StoragePolicy) -> None:
     """Hypertable, compression, retention and continuous aggregates; safe to run again."""
     if not _is_hypertable(conn, "readings"):
-        conn.execute("SELECT create_hypertable('readings', 'ts', chunk_time_interval => %s, "
-                     "migrate_data => true)", (policy.chunk_interval,))
+        conn.execute(
+            "SELECT create_hypertable('readings', 'ts', chunk_time_interval => %s, "
+            "migrate_data => true)",
+            (policy.chunk_interval,),
+        )
     else:
         conn.execute("SELECT set_chunk_time_interval('readings', %s)", (policy.chunk_interval,))
     if policy.compress_after is not None:
-        conn.execute(sql.SQL(
-            "ALTER TABLE readings SET (timescaledb.compress, "
-            "timescaledb.compress_segmentby = {}, timescaledb.compress_orderby = 'ts DESC')"
-        ).format(sql.Literal(",".join(policy.compress_segment_by))))
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE readings SET (timescaledb.compress, "
+                "timescaledb.compress_segmentby = {}, timescaledb.compress_orderby = 'ts DESC')"
+            ).format(sql.Literal(",".join(policy.compress_segment_by)))
+        )
         conn.execute("SELECT remove_compression_policy('readings', if_exists => true)")
         conn.execute("SELECT add_compression_policy('readings', %s)", (policy.compress_after,))
     conn.execute("SELECT remove_retention_policy('readings', if_exists => true)")
@@ -231,16 +274,25 @@ def apply_timescale(conn: psycopg.Connection[Any], policy: StoragePolicy) -> Non
             # left over from a plain-PostgreSQL install: rebuilt from readings below
             conn.execute(sql.SQL("DROP TABLE {}").format(name))
         if not _is_cagg(conn, rollup.name):
-            conn.execute(sql.SQL(
-                "CREATE MATERIALIZED VIEW {} WITH (timescaledb.continuous, "
-                "timescaledb.materialized_only = false) AS {} GROUP BY 1, 2, 3 WITH NO DATA"
-            ).format(name, _rollup_select(rollup, policy, timescale=True)))
-        conn.execute("SELECT remove_continuous_aggregate_policy(%s, if_exists => true)",
-                     (rollup.name,))
-        conn.execute("SELECT add_continuous_aggregate_policy(%s, start_offset => %s, "
-                     "end_offset => %s, schedule_interval => %s)",
-                     (rollup.name, rollup.refresh_start_offset, rollup.refresh_end_offset,
-                      rollup.refresh_every))
+            conn.execute(
+                sql.SQL(
+                    "CREATE MATERIALIZED VIEW {} WITH (timescaledb.continuous, "
+                    "timescaledb.materialized_only = false) AS {} GROUP BY 1, 2, 3 WITH NO DATA"
+                ).format(name, _rollup_select(rollup, policy, timescale=True))
+            )
+        conn.execute(
+            "SELECT remove_continuous_aggregate_policy(%s, if_exists => true)", (rollup.name,)
+        )
+        conn.execute(
+            "SELECT add_continuous_aggregate_policy(%s, start_offset => %s, "
+            "end_offset => %s, schedule_interval => %s)",
+            (
+                rollup.name,
+                rollup.refresh_start_offset,
+                rollup.refresh_end_offset,
+                rollup.refresh_every,
+            ),
+        )
         conn.execute("SELECT remove_retention_policy(%s, if_exists => true)", (rollup.name,))
         if rollup.retention is not None:
             conn.execute("SELECT add_retention_policy(%s, %s)", (rollup.name, rollup.retention))
@@ -250,36 +302,55 @@ def apply_plain(conn: psycopg.Connection[Any], policy: StoragePolicy) -> None:
     """Native equivalents: rollup tables refreshed by `urbanpulse db maintain`."""
     conn.execute("CREATE INDEX IF NOT EXISTS readings_ts_brin ON readings USING brin (ts)")
     for rollup in policy.rollups:
-        conn.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (device_id text NOT NULL, metric text NOT NULL, "
-            "bucket timestamptz NOT NULL, n integer NOT NULL, avg double precision, "
-            "min double precision, max double precision, sum double precision, "
-            "first double precision, last double precision, "
-            "PRIMARY KEY (device_id, metric, bucket))").format(sql.Identifier(rollup.name)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (device_id text NOT NULL, metric text NOT NULL, "
+                "bucket timestamptz NOT NULL, n integer NOT NULL, avg double precision, "
+                "min double precision, max double precision, sum double precision, "
+                "first double precision, last double precision, "
+                "PRIMARY KEY (device_id, metric, bucket))"
+            ).format(sql.Identifier(rollup.name))
+        )
 
 
-def refresh_rollups(conn: psycopg.Connection[Any], policy: StoragePolicy, *, timescale: bool,
-                    now: datetime, since: datetime | None = None) -> None:
+def refresh_rollups(
+    conn: psycopg.Connection[Any],
+    policy: StoragePolicy,
+    *,
+    timescale: bool,
+    now: datetime,
+    since: datetime | None = None,
+) -> None:
     """Recompute rollup buckets from `since` (default: each rollup's start offset) to now."""
     for rollup in policy.rollups:
         start = since or now - rollup.refresh_start_offset
         end = now - rollup.refresh_end_offset + rollup.bucket
         if timescale:
             with conn.cursor() as cur:  # CALL refresh must run outside a transaction block
-                cur.execute("CALL refresh_continuous_aggregate(%s, %s, %s)",
-                            (rollup.name, start, end))
+                cur.execute(
+                    "CALL refresh_continuous_aggregate(%s, %s, %s)", (rollup.name, start, end)
+                )
             continue
         select = _rollup_select(rollup, policy, timescale=False)
         origin = _origin(policy)
         with conn.transaction():
-            lo = conn.execute("SELECT date_bin(%s::interval, %s::timestamptz, %s::timestamptz)",
-                              (rollup.bucket, start, origin)).fetchone()
+            lo = conn.execute(
+                "SELECT date_bin(%s::interval, %s::timestamptz, %s::timestamptz)",
+                (rollup.bucket, start, origin),
+            ).fetchone()
             start_bucket = lo[0] if lo else start
-            conn.execute(sql.SQL("DELETE FROM {} WHERE bucket >= %s AND bucket < %s").format(
-                sql.Identifier(rollup.name)), (start_bucket, end))
-            conn.execute(sql.SQL("INSERT INTO {} {} WHERE ts >= %s AND ts < %s "
-                                 "GROUP BY 1, 2, 3").format(sql.Identifier(rollup.name), select),
-                         (start_bucket, end))
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE bucket >= %s AND bucket < %s").format(
+                    sql.Identifier(rollup.name)
+                ),
+                (start_bucket, end),
+            )
+            conn.execute(
+                sql.SQL("INSERT INTO {} {} WHERE ts >= %s AND ts < %s GROUP BY 1, 2, 3").format(
+                    sql.Identifier(rollup.name), select
+                ),
+                (start_bucket, end),
+            )
 
 
 def prune_plain(conn: psycopg.Connection[Any], policy: StoragePolicy, now: datetime) -> int:
@@ -291,6 +362,8 @@ def prune_plain(conn: psycopg.Connection[Any], policy: StoragePolicy, now: datet
             deleted = cur.rowcount
         for rollup in policy.rollups:
             if rollup.retention is not None:
-                conn.execute(sql.SQL("DELETE FROM {} WHERE bucket < %s").format(
-                    sql.Identifier(rollup.name)), (now - rollup.retention,))
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE bucket < %s").format(sql.Identifier(rollup.name)),
+                    (now - rollup.retention,),
+                )
     return deleted

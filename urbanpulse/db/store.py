@@ -13,11 +13,15 @@ import psycopg
 
 from urbanpulse.contract.model import InboundMessage, ParseOutcome, Reading, Reason, Rejection
 
-_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS readings_stage (device_id text, metric text, "
-          "ts timestamptz, value double precision) ON COMMIT DELETE ROWS")
+_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS readings_stage (device_id text, metric text, "
+    "ts timestamptz, value double precision) ON COMMIT DELETE ROWS"
+)
 _COPY = "COPY readings_stage (device_id, metric, ts, value) FROM STDIN (FORMAT BINARY)"
-_MERGE = ("INSERT INTO readings (device_id, metric, ts, value) "
-          "SELECT device_id, metric, ts, value FROM readings_stage ON CONFLICT DO NOTHING")
+_MERGE = (
+    "INSERT INTO readings (device_id, metric, ts, value) "
+    "SELECT device_id, metric, ts, value FROM readings_stage ON CONFLICT DO NOTHING"
+)
 _QUARANTINE = """
 INSERT INTO quarantine (digest, topic, payload, reason, detail, device_id, received_at,
                         last_received_at, occurrences, stored_readings)
@@ -35,8 +39,10 @@ def digest(topic: str, payload: bytes) -> bytes:
 
 
 def rejections_json(rejections: Sequence[Rejection]) -> str:
-    return json.dumps([{"reason": r.reason.value, "detail": r.detail, "index": r.index}
-                       for r in rejections], ensure_ascii=False)
+    return json.dumps(
+        [{"reason": r.reason.value, "detail": r.detail, "index": r.index} for r in rejections],
+        ensure_ascii=False,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +62,14 @@ class QuarantineEntry:
 
     @classmethod
     def of(cls, msg: InboundMessage, outcome: ParseOutcome) -> QuarantineEntry:
-        return cls(msg.topic, msg.payload, msg.received_at, outcome.rejections,
-                   outcome.device_id, len(outcome.readings))
+        return cls(
+            msg.topic,
+            msg.payload,
+            msg.received_at,
+            outcome.rejections,
+            outcome.device_id,
+            len(outcome.readings),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +87,25 @@ def _quarantine_rows(entries: Sequence[QuarantineEntry]) -> list[dict[str, Any]]
         if key in rows:
             rows[key]["occurrences"] += 1
             continue
-        rows[key] = {"digest": key, "topic": e.topic, "payload": e.payload,
-                     "reason": e.reason.value, "detail": rejections_json(e.rejections),
-                     "device_id": e.device_id, "received_at": e.received_at,
-                     "occurrences": 1, "stored": e.stored_readings}
+        rows[key] = {
+            "digest": key,
+            "topic": e.topic,
+            "payload": e.payload,
+            "reason": e.reason.value,
+            "detail": rejections_json(e.rejections),
+            "device_id": e.device_id,
+            "received_at": e.received_at,
+            "occurrences": 1,
+            "stored": e.stored_readings,
+        }
     return list(rows.values())
 
 
-def store_batch(conn: psycopg.Connection[Any], readings: Sequence[Reading],
-                quarantine: Sequence[QuarantineEntry]) -> StoreResult:
+def store_batch(
+    conn: psycopg.Connection[Any],
+    readings: Sequence[Reading],
+    quarantine: Sequence[QuarantineEntry],
+) -> StoreResult:
     """Store readings (duplicates absorbed) and quarantine rows in one transaction."""
     inserted = 0
     with conn.transaction(), conn.cursor() as cur:

@@ -1,0 +1,48 @@
+"""Fixtures: every test gets its own database; integration tests share a private Mosquitto."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.services import SERVER_URL, Mosquitto, scratch_database
+from urbanpulse.db.migrate import migrate
+from urbanpulse.db.policy import load_policy
+
+
+@pytest.fixture
+def db_url() -> Iterator[str]:
+    """A freshly migrated database on plain PostgreSQL, dropped after the test."""
+    with scratch_database(SERVER_URL) as url:
+        migrate(url, load_policy(), timescale_mode="off")
+        yield url
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(db_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private Mosquitto for the whole session (own port, own persistence directory)."""
+    m = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    m.start()
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A topic prefix of this test's own, so tests sharing a broker never see each other."""
+    return f"t{uuid.uuid4().hex[:10]}/v1"
+
+
+@pytest.fixture
+def fleet_file() -> Path:
+    return Path(__file__).resolve().parents[1] / "simulators" / "fleet.yaml"

@@ -1,0 +1,168 @@
+"""Real services for the tests: per-test databases, a private Mosquitto, a cuttable TCP proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import select
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from urbanpulse.db.connect import drop_database, with_database
+
+SERVER_URL = os.environ.get(
+    "URBANPULSE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+TIMESCALE_URL = os.environ.get(
+    "URBANPULSE_TEST_TIMESCALE_URL", "postgresql://postgres@127.0.0.1:5433/postgres"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str = SERVER_URL) -> Iterator[str]:
+    """A URL of a database name no one else uses; dropped afterwards (created by migrate)."""
+    url = with_database(server_url, f"up_test_{uuid.uuid4().hex[:12]}")
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+class Mosquitto:
+    """A private broker on a free port with persistence, started and stopped by the tests."""
+
+    def __init__(
+        self, workdir: Path, *, password_file: Path | None = None, port: int | None = None
+    ) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.password_file = password_file
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            # started as root, mosquitto would otherwise drop to a user that cannot read tmp
+            f"user {getpass.getuser()}\n"
+            f"listener {self.port} 127.0.0.1\n"
+            f"allow_anonymous {'false' if self.password_file else 'true'}\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "autosave_interval 1\n"
+            "max_queued_messages 0\n"  # unlimited: the broker holds the backlog
+            "max_inflight_messages 0\n"
+            "set_tcp_nodelay true\n"
+            f"log_dest file {self.workdir}/mosquitto.log\n"
+            + (f"password_file {self.password_file}\n" if self.password_file else "")
+        )
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {(self.workdir / 'mosquitto.log')}")
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target; `cut()` drops every connection at once and
+    `refuse(seconds)` rejects new ones for a while (a database outage as clients see it)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._refuse_until = 0.0
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if time.monotonic() < self._refuse_until:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                ready, _, _ = select.select([a, b], [], [], 1.0)
+                for src in ready:
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    (b if src is a else a).sendall(data)
+        except OSError:
+            return
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def refuse(self, seconds: float) -> None:
+        self._refuse_until = time.monotonic() + seconds
+        self.cut()
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self.listener.close()

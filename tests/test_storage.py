@@ -1,0 +1,247 @@
+"""Schema, migrations, storage policy, provisioning and batch writes on real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.services import TIMESCALE_URL, scratch_database
+from urbanpulse.contract import Reading, Reason, Rejection, default_registry
+from urbanpulse.db import migrate as migrate_mod
+from urbanpulse.db.devices import device_refs, list_devices, read_device_file, upsert_devices
+from urbanpulse.db.migrate import Migration, migrate
+from urbanpulse.db.policy import load_policy, parse_policy, refresh_rollups
+from urbanpulse.db.store import QuarantineEntry, store_batch
+from urbanpulse.errors import ConfigError, ContractError, MigrationError
+
+T0 = datetime(2026, 11, 25, 15, 30, tzinfo=UTC)  # 23:30 in Yongchuan (UTC+8)
+
+
+def tables(conn: psycopg.Connection[Any]) -> set[str]:
+    rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def test_migrate_creates_the_database_and_is_idempotent() -> None:
+    with scratch_database() as url:
+        first = migrate(url, load_policy(), timescale_mode="off")
+        second = migrate(url, load_policy(), timescale_mode="off")
+        assert first.created_database and first.applied == ("0001_core",)
+        assert not second.created_database and second.applied == ()
+        with psycopg.connect(url) as conn:
+            assert {
+                "devices",
+                "readings",
+                "quarantine",
+                "schema_migrations",
+                "readings_hourly",
+                "readings_daily",
+            } <= tables(conn)
+
+
+def test_concurrent_migrators_apply_each_migration_once() -> None:
+    with scratch_database() as url:
+        migrate(url, load_policy(), timescale_mode="off")  # create the database first
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                migrate(url, load_policy(), timescale_mode="off")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+
+
+def test_an_edited_applied_migration_is_refused(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = migrate_mod.migrations()
+    edited = [Migration(m.version, m.name, m.sql + "\n-- edited") for m in original]
+    monkeypatch.setattr(migrate_mod, "migrations", lambda: edited)
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        migrate(db_url, load_policy(), timescale_mode="off")
+
+
+def test_policy_file_is_strict() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_policy(
+            {
+                "readings": {"retension": "3 days", "chunk_interval": "soon"},
+                "timezone": "Mars/Olympus",
+            },
+            "p.yaml",
+        )
+    text = str(err.value)
+    assert "retension" in text and "soon" in text and "Mars/Olympus" in text
+
+
+def test_store_batch_absorbs_duplicates_and_folds_repeated_quarantine(
+    conn: psycopg.Connection[Any],
+) -> None:
+    r1 = Reading("aq1", "pm25", T0, 10.0)
+    r2 = Reading("aq1", "pm25", T0 + timedelta(hours=1), 20.0)
+    first = store_batch(conn, [r1, r2, r1], [])
+    assert (first.inserted, first.duplicates) == (2, 1)
+    again = store_batch(conn, [r1, Reading("aq1", "pm25", T0, 99.0)], [])
+    assert (again.inserted, again.duplicates) == (0, 2)
+    # the first value stored for (device, metric, time) stays
+    assert conn.execute("SELECT value FROM readings WHERE ts = %s", (T0,)).fetchone() == (10.0,)
+
+    bad = QuarantineEntry("yc/v1/air/x", b"{", T0, (Rejection(Reason.BAD_JSON, "eof"),), "x")
+    store_batch(conn, [], [bad, bad])
+    store_batch(conn, [], [bad])
+    row = conn.execute("SELECT reason, occurrences, payload, state FROM quarantine").fetchall()
+    assert row == [("bad_json", 3, b"{", "pending")]
+
+
+def test_device_import_yaml_then_csv_update(
+    conn: psycopg.Connection[Any], fleet_file: Path, tmp_path: Path
+) -> None:
+    specs = read_device_file(fleet_file, default_registry())
+    result = upsert_devices(conn, specs)
+    assert result.created == len(specs) >= 12
+    assert {d.domain for d in device_refs(conn).values()} == {"water", "flood", "air", "parking"}
+    csv_file = tmp_path / "more.csv"
+    csv_file.write_text(
+        "device_id,domain,kind,name,zone,capacity,report_interval_s,attr_profile\n"
+        "pk-school,parking,car_park,萱花中学路内停车,老城片区,64,300,school\n"
+        "pk-new,parking,car_park,新车场,凤凰湖片区,100,600,\n",
+        encoding="utf-8",
+    )
+    result = upsert_devices(conn, read_device_file(csv_file, default_registry()))
+    assert (result.created, result.updated) == (1, 1)
+    row = conn.execute(
+        "SELECT capacity, attributes FROM devices WHERE device_id = 'pk-school'"
+    ).fetchone()
+    assert row == (64.0, {"profile": "school"})
+    listed = list_devices(conn, domain="parking")
+    assert [d["device_id"] for d in listed] == ["pk-hospital", "pk-mall", "pk-new", "pk-school"]
+
+
+def test_device_file_errors_are_all_reported_with_their_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "device_id,domain,kind,name,lat,colour\n"
+        "ok-1,air,aq_station,站1,29.3,\n"
+        "bad/id,air,aq_station,站2,29.3,\n"
+        "x-2,sea,buoy,浮标,29.3,\n"
+        "x-3,air,aq_station,站3,95,\n"
+        "ok-1,air,aq_station,again,29.3,red\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ContractError) as err:
+        read_device_file(bad, default_registry())
+    text = str(err.value)
+    for expected in ("line 3", "device_id", "line 4", "sea", "line 5", "lat", "line 6", "colour"):
+        assert expected in text
+
+
+def _hourly_daily(conn: psycopg.Connection[Any]) -> tuple[list[Any], list[Any]]:
+    hourly = conn.execute(
+        "SELECT bucket, n, avg, min, max, first, last FROM readings_hourly "
+        "WHERE device_id = 'wn1' ORDER BY bucket"
+    ).fetchall()
+    daily = conn.execute(
+        "SELECT bucket, n, first, last FROM readings_daily WHERE device_id = 'wn1' ORDER BY bucket"
+    ).fetchall()
+    return hourly, daily
+
+
+def _rollup_fixture(conn: psycopg.Connection[Any]) -> None:
+    # a cumulative meter read every 20 min from 23:30 to 00:50 local time: two local days
+    readings = [
+        Reading("wn1", "volume", T0 + timedelta(minutes=20 * i), 100.0 + i) for i in range(5)
+    ]
+    store_batch(conn, readings, [])
+
+
+def test_plain_rollups_use_local_day_boundaries(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _rollup_fixture(conn)
+        refresh_rollups(conn, load_policy(), timescale=False, now=T0 + timedelta(hours=2))
+        refresh_rollups(conn, load_policy(), timescale=False, now=T0 + timedelta(hours=2))
+        hourly, daily = _hourly_daily(conn)
+    assert [(h[0], h[1], h[5], h[6]) for h in hourly] == [
+        (datetime(2026, 11, 25, 15, tzinfo=UTC), 2, 100.0, 101.0),
+        (datetime(2026, 11, 25, 16, tzinfo=UTC), 3, 102.0, 104.0),
+    ]
+    # local midnight (16:00 UTC) splits the days; consumption per day = last - first
+    assert daily == [
+        (datetime(2026, 11, 24, 16, tzinfo=UTC), 2, 100.0, 101.0),
+        (datetime(2026, 11, 25, 16, tzinfo=UTC), 3, 102.0, 104.0),
+    ]
+
+
+def _timescale_available() -> bool:
+    try:
+        with psycopg.connect(TIMESCALE_URL, connect_timeout=2) as conn:
+            return (
+                conn.execute(
+                    "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+                ).fetchone()
+                is not None
+            )
+    except psycopg.Error:
+        return False
+
+
+@pytest.mark.timescaledb
+@pytest.mark.skipif(
+    not _timescale_available(), reason=f"TimescaleDB not reachable at {TIMESCALE_URL}"
+)
+def test_timescale_path_hypertable_policies_and_continuous_aggregates() -> None:
+    with scratch_database(TIMESCALE_URL) as url:
+        result = migrate(url, load_policy(), timescale_mode="require")
+        assert result.timescale
+        again = migrate(url, load_policy(), timescale_mode="require")  # idempotent
+        assert again.timescale and again.applied == ()
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM timescaledb_information.hypertables "
+                "WHERE hypertable_name = 'readings'"
+            ).fetchone() == (1,)
+            jobs = {
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT proc_name FROM timescaledb_information.jobs "
+                    "WHERE hypertable_name IS NOT NULL"
+                ).fetchall()
+            }
+            assert {
+                "policy_compression",
+                "policy_retention",
+                "policy_refresh_continuous_aggregate",
+            } <= jobs
+            _rollup_fixture(conn)
+            store_batch(conn, [Reading("wn1", "volume", T0, 100.0)], [])  # duplicate absorbed
+            refresh_rollups(conn, load_policy(), timescale=True, now=T0 + timedelta(hours=2))
+            hourly, daily = _hourly_daily(conn)
+            assert [(h[1], h[5], h[6]) for h in hourly] == [(2, 100.0, 101.0), (3, 102.0, 104.0)]
+            assert [(d[0], d[1]) for d in daily] == [
+                (datetime(2026, 11, 24, 16, tzinfo=UTC), 2),
+                (datetime(2026, 11, 25, 16, tzinfo=UTC), 3),
+            ]
+            # compressed chunks still absorb duplicates and take late data
+            conn.execute("SELECT compress_chunk(c) FROM show_chunks('readings') c")
+            res = store_batch(
+                conn,
+                [
+                    Reading("wn1", "volume", T0, 100.0),
+                    Reading("wn1", "volume", T0 + timedelta(minutes=5), 100.5),
+                ],
+                [],
+            )
+            assert (res.inserted, res.duplicates) == (1, 1)
