@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 
 from ingest.metrics import IngestMetrics
 from ingest.source import MqttSource
-from ingest.worker import BatchPolicy, IngestWorker, limits_from
+from ingest.worker import BatchPolicy, IngestWorker, validation_limits
 from urbanpulse.broker import parse_broker_url
 from urbanpulse.contract.registry import default_registry
 from urbanpulse.errors import DatabaseAuthError, UrbanPulseError
@@ -49,11 +49,7 @@ def run_ingest(
         database_url=settings.database_url,
         registry=default_registry(),
         prefix=settings.topic_prefix,
-        limits=limits_from(
-            settings.ingest_max_payload_bytes,
-            settings.ingest_max_readings_per_message,
-            settings.ingest_max_future_s,
-        ),
+        limits=validation_limits(settings),
         batch=BatchPolicy(
             settings.ingest_batch_messages,
             settings.ingest_batch_readings,

@@ -28,6 +28,7 @@ from urbanpulse.db.connect import connect
 from urbanpulse.db.devices import device_refs
 from urbanpulse.db.store import QuarantineEntry, StoreResult, store_batch
 from urbanpulse.errors import DatabaseUnavailable
+from urbanpulse.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -291,5 +292,10 @@ class IngestWorker:
             self._conn = None
 
 
-def limits_from(max_payload_bytes: int, max_readings: int, max_future_s: int) -> Limits:
-    return Limits(max_payload_bytes, max_readings, timedelta(seconds=max_future_s))
+def validation_limits(settings: Settings) -> Limits:
+    """The validation bounds configured in settings (ingest and replay use the same)."""
+    return Limits(
+        settings.ingest_max_payload_bytes,
+        settings.ingest_max_readings_per_message,
+        timedelta(seconds=settings.ingest_max_future_s),
+    )

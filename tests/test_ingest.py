@@ -179,7 +179,7 @@ def test_unknown_device_is_quarantined_then_replayed_after_provisioning(
     db_url: str, broker: Mosquitto, prefix: str
 ) -> None:
     from ingest.replay import replay
-    from ingest.worker import limits_from
+    from ingest.worker import validation_limits
     from urbanpulse.contract import default_registry
 
     provision(db_url, DEVICES[:1])  # only aq1; wn1 arrives unknown
@@ -191,12 +191,18 @@ def test_unknown_device_is_quarantined_then_replayed_after_provisioning(
     assert stored(db_url) == set()
     provision(db_url, DEVICES)
     result = replay(
-        db_url, registry=default_registry(), prefix=prefix, limits=limits_from(262144, 10000, 300)
+        db_url,
+        registry=default_registry(),
+        prefix=prefix,
+        limits=validation_limits(load_settings()),
     )
     assert (result.replayed, result.still_failing, result.readings_stored) == (30, 0, 90)
     assert stored(db_url) == stream.readings
     again = replay(
-        db_url, registry=default_registry(), prefix=prefix, limits=limits_from(262144, 10000, 300)
+        db_url,
+        registry=default_registry(),
+        prefix=prefix,
+        limits=validation_limits(load_settings()),
     )
     assert again.replayed == 0  # replayed messages are not replayed twice
 

@@ -152,7 +152,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 
 def cmd_quarantine_replay(args: argparse.Namespace) -> int:
     from ingest.replay import ReplayResult, replay
-    from ingest.worker import limits_from
+    from ingest.worker import validation_limits
     from urbanpulse.contract.registry import default_registry
 
     settings = _settings(args)
@@ -164,11 +164,7 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
         settings.database_url,
         registry=default_registry(),
         prefix=settings.topic_prefix,
-        limits=limits_from(
-            settings.ingest_max_payload_bytes,
-            settings.ingest_max_readings_per_message,
-            settings.ingest_max_future_s,
-        ),
+        limits=validation_limits(settings),
         reason=args.reason,
         device_id=args.device,
         include_failed=args.include_failed,
