@@ -83,13 +83,17 @@ def test_demo_shows_all_four_domains_and_ends_by_itself(tmp_path: Path) -> None:
                 },
             )
             assert out.returncode == 0, out.stdout + out.stderr
-            for domain in ("water", "flood", "air", "parking"):
+            # every round publishes one message per fleet device; round 5 adds 3 broken ones
+            published = int(out.stdout.split(" messages published")[0].rsplit(" ", 1)[1])
+            rounds = (published - 3) // 14
+            per_round = {"water": 8, "flood": 4, "air": 12, "parking": 6}
+            for domain, n in per_round.items():
                 line = next(
                     x
                     for x in out.stdout.splitlines()
                     if x.strip().startswith(domain) and "readings stored" in x
                 )
-                assert int(line.split()[1]) > 0
+                assert int(line.split()[1]) == n * rounds, line
             assert "unknown_device=1" in out.stdout and "bad_json=1" in out.stdout
             with psycopg.connect(url) as conn:
                 domains = conn.execute(

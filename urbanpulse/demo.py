@@ -43,14 +43,20 @@ def _counts(conn: Any, since: datetime) -> tuple[dict[str, int], int]:
 
 
 def _start_ingest(settings: Settings) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    # A share group and session of the demo's own, expiring soon after it: a broker keeps
+    # handing a persistent shared-subscription session its share of messages while it is
+    # offline, so a demo must not join (or leave behind) a member of the real `ingest` group.
+    run = f"demo-{os.getpid()}"
     env = dict(
         os.environ,
         URBANPULSE_DATABASE_URL=settings.database_url,
         URBANPULSE_MQTT_URL=settings.mqtt_url,
         URBANPULSE_INGEST_LOG_INTERVAL_S="10",
+        URBANPULSE_INGEST_GROUP=run,
+        URBANPULSE_INGEST_SESSION_EXPIRY_S="60",
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "urbanpulse.cli", "ingest", "--client-id", "urbanpulse-demo-ingest"],
+        [sys.executable, "-m", "urbanpulse.cli", "ingest", "--client-id", f"urbanpulse-{run}"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
