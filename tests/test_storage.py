@@ -245,3 +245,13 @@ def test_timescale_path_hypertable_policies_and_continuous_aggregates() -> None:
                 [],
             )
             assert (res.inserted, res.duplicates) == (1, 1)
+
+
+def test_auto_mode_falls_back_to_plain_postgresql_when_timescale_cannot_load() -> None:
+    # the main test server has no TimescaleDB preloaded (absent, or installed but not
+    # preloaded, where CREATE EXTENSION would kill the session): auto must fall back cleanly
+    with scratch_database() as url:
+        result = migrate(url, load_policy(), timescale_mode="auto")
+        assert not result.timescale and result.applied == ("0001_core",)
+        with pytest.raises(ConfigError, match="TimescaleDB"):
+            migrate(url, load_policy(), timescale_mode="require")

@@ -193,6 +193,14 @@ def try_enable_timescale(conn: psycopg.Connection[Any], mode: str) -> bool:
     available = conn.execute(
         "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
     ).fetchone()
+    preload = conn.execute("SHOW shared_preload_libraries").fetchone()
+    if available and "timescaledb" not in str(preload[0] if preload else ""):
+        # CREATE EXTENSION without the preload kills the session; check first
+        problem = "installed but not in shared_preload_libraries"
+        if mode == "require":
+            raise ConfigError(f"TimescaleDB is required but {problem}")
+        log.warning("TimescaleDB is %s; using plain PostgreSQL", problem)
+        return False
     if available:
         try:
             with conn.transaction():
