@@ -22,7 +22,14 @@ import psycopg
 
 from ingest.metrics import IngestMetrics
 from urbanpulse.backoff import Backoff
-from urbanpulse.contract import DeviceRef, InboundMessage, Limits, Registry, parse_message
+from urbanpulse.contract import (
+    DeviceRef,
+    InboundMessage,
+    Limits,
+    Registry,
+    parse_message,
+    parse_topic,
+)
 from urbanpulse.contract.model import ParseOutcome, Reading, Reason, Rejection
 from urbanpulse.db.connect import connect
 from urbanpulse.db.devices import device_refs
@@ -95,15 +102,11 @@ class IngestWorker:
         self.devices = DeviceCache(device_refresh_s)
         self._conn: psycopg.Connection[Any] | None = None
         self._backoff = Backoff()
-        self._unacked = 0
-        self._unacked_lock = threading.Lock()
 
     # -- called from the network thread ---------------------------------------------------------
     def offer(self, msg: InboundMessage) -> None:
         self.metrics.received.inc()
-        with self._unacked_lock:
-            self._unacked += 1
-            self.metrics.backlog.set(self._unacked)
+        self.metrics.backlog.inc()  # prometheus gauges are thread-safe
         self.inbox.put(msg)
 
     # -- the worker loop ------------------------------------------------------------------------
@@ -167,11 +170,7 @@ class IngestWorker:
     def validate(
         self, batch: list[InboundMessage], conn: psycopg.Connection[Any]
     ) -> list[ParseOutcome]:
-        wanted = set()
-        for msg in batch:
-            parts = msg.topic.split("/")
-            if parts:
-                wanted.add(parts[-1])
+        wanted = {t[1] for t in (parse_topic(m.topic, self.prefix) for m in batch) if t}
         devices = self.devices.get(conn, wanted)
         now = self.clock()
         return [
@@ -219,9 +218,7 @@ class IngestWorker:
                 self.metrics.quarantined.labels(reason=outcome.reason.value).inc()
         for msg in batch:  # in arrival order, after the commit
             self._ack(msg)
-        with self._unacked_lock:
-            self._unacked -= len(batch)
-            self.metrics.backlog.set(self._unacked)
+        self.metrics.backlog.dec(len(batch))
         return result
 
     def store(
