@@ -9,6 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from simulators.city import build_fleet, load_city
+from simulators.run import write_fleet
 from tests.services import SERVER_URL, Mosquitto, scratch_database
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
@@ -43,6 +45,9 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}/v1"
 
 
-@pytest.fixture
-def fleet_file() -> Path:
-    return Path(__file__).resolve().parents[1] / "simulators" / "fleet.yaml"
+@pytest.fixture(scope="session")
+def fleet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The simulated city's fleet as a device file (what `simulate --write-fleet` writes)."""
+    path = tmp_path_factory.mktemp("fleet") / "fleet.yaml"
+    write_fleet(path, build_fleet(load_city()))
+    return path

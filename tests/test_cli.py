@@ -34,7 +34,7 @@ def test_migrate_import_list_and_quarantine_list(tmp_path: Path, fleet_file: Pat
         assert out.returncode == 0, out.stderr
         assert "created" in out.stdout and "0001_core" in out.stdout
         out = cli("devices", "import", str(fleet_file), env=env)
-        assert out.returncode == 0 and "14 device(s): 14 created" in out.stdout, out.stderr
+        assert out.returncode == 0 and "208 device(s): 208 created" in out.stdout, out.stderr
         out = cli("devices", "list", "--domain", "parking", env=env)
         assert out.returncode == 0 and "pk-hospital" in out.stdout and "never" in out.stdout
         assert "wn-xlh-inlet" not in out.stdout
@@ -83,23 +83,23 @@ def test_demo_shows_all_four_domains_and_ends_by_itself(tmp_path: Path) -> None:
                 },
             )
             assert out.returncode == 0, out.stdout + out.stderr
-            # every round publishes one message per fleet device; round 5 adds 3 broken ones
-            published = int(out.stdout.split(" messages published")[0].rsplit(" ", 1)[1])
-            rounds = (published - 3) // 14
-            per_round = {"water": 8, "flood": 4, "air": 12, "parking": 6}
-            for domain, n in per_round.items():
-                line = next(
-                    x
-                    for x in out.stdout.splitlines()
-                    if x.strip().startswith(domain) and "readings stored" in x
-                )
-                assert int(line.split()[1]) == n * rounds, line
-            assert "unknown_device=1" in out.stdout and "bad_json=1" in out.stdout
+            # the demo checks the simulator's own ledger against the database, exactly
+            assert "✓ every reading the simulator sent is stored" in out.stdout, out.stdout
+            stored = {
+                line.split()[0]: int(line.split()[1])
+                for line in out.stdout.splitlines()
+                if line.strip().endswith("readings stored")
+            }
+            assert set(stored) == {"water", "flood", "air", "parking"}
+            assert all(n > 0 for n in stored.values()), stored
+            ponding = next(x for x in out.stdout.splitlines() if "ponding ≥ 15 cm" in x)
+            assert ponding.count(" cm") == 3 + 1  # three points, and the heading's "15 cm"
+            assert "car parks ≥ 95 % full: pk-happyvalley" in out.stdout
+            assert "AQI > 200" in out.stdout and "simulated" in out.stdout
             with psycopg.connect(url) as conn:
-                domains = conn.execute(
-                    "SELECT count(DISTINCT d.domain) FROM readings r "
-                    "JOIN devices d USING (device_id)"
+                row = conn.execute(
+                    "SELECT count(*), count(DISTINCT device_id) FROM readings"
                 ).fetchone()
-            assert domains == (4,)
+            assert row is not None and row[0] == sum(stored.values()) and row[1] == 208
     finally:
         broker.stop()

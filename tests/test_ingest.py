@@ -13,62 +13,31 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
-from ingest.service import run_ingest
-from simulators.publisher import Publisher
+from tests.pipeline import (
+    InThreadIngest,
+    publish,
+    quarantined,
+    settings_for,
+    stored,
+    wait_until,
+)
 from tests.services import Mosquitto, TcpProxy
 from tests.streams import DEVICES, Stream, mixed_stream, steady_stream
-from urbanpulse.broker import parse_broker_url
 from urbanpulse.db.devices import DeviceSpec, upsert_devices
 from urbanpulse.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def settings_for(db_url: str, broker_url: str, prefix: str, **extra: Any) -> Settings:
-    return load_settings(
-        database_url=db_url,
-        mqtt_url=broker_url,
-        topic_prefix=prefix,
-        ingest_group=f"g{prefix.split('/', maxsplit=1)[0]}",
-        ingest_log_interval_s=5.0,
-        ingest_batch_delay_ms=50,
-        **extra,
-    )
-
-
 def provision(db_url: str, devices: list[DeviceSpec] = DEVICES) -> None:
     with psycopg.connect(db_url) as conn:
         upsert_devices(conn, devices)
-
-
-def stored(db_url: str) -> set[tuple[str, str, int]]:
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(
-            "SELECT device_id, metric, (extract(epoch FROM ts) * 1000)::bigint FROM readings"
-        ).fetchall()
-    return {(str(d), str(m), int(t)) for d, m, t in rows}
-
-
-def quarantined(db_url: str) -> Counter[str]:
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute("SELECT reason, count(*) FROM quarantine GROUP BY 1").fetchall()
-    return Counter({str(r): int(n) for r, n in rows})
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_for_stream(db_url: str, stream: Stream, timeout: float = 60.0) -> None:
@@ -83,40 +52,6 @@ def wait_for_stream(db_url: str, stream: Stream, timeout: float = 60.0) -> None:
         f"{len(stream.readings)} readings and {sum(stream.quarantine.values())} quarantined",
     )
     time.sleep(0.5)  # anything extra (a duplicate row, a stray quarantine) would show now
-
-
-def publish(
-    broker_url: str,
-    messages: list[tuple[str, bytes]],
-    *,
-    rate: float | None = None,
-    client_id: str = "test-publisher",
-) -> None:
-    with Publisher(parse_broker_url(broker_url), client_id=f"{client_id}-{os.getpid()}") as pub:
-        started = time.monotonic()
-        for i, (topic, payload) in enumerate(messages):
-            pub.publish(topic, payload)
-            if rate:
-                time.sleep(max(0.0, started + i / rate - time.monotonic()))
-
-
-class InThreadIngest:
-    """run_ingest in a thread of the test process, stopped like SIGTERM would."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.stop = threading.Event()
-        self.code: list[int] = []
-        self.thread = threading.Thread(
-            target=lambda: self.code.append(run_ingest(settings, stop=self.stop)), daemon=True
-        )
-
-    def __enter__(self) -> InThreadIngest:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=30)
 
 
 def ingest_process(settings: Settings, log: Path, *extra: str) -> subprocess.Popen[bytes]:

@@ -193,23 +193,38 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulators.run import run_simulation
+    from simulators.command import list_scenarios, simulate_command
 
-    settings = _settings(args)
-    return run_simulation(
-        settings,
-        duration=args.duration,
-        interval=args.interval,
-        speed=args.speed,
+    if args.list:
+        return list_scenarios()
+    start = None
+    if args.start:
+        start = datetime.fromisoformat(args.start)
+        if start.tzinfo is None:
+            raise UrbanPulseError("--start needs a timezone, e.g. 2026-11-20T00:00+08:00")
+    return simulate_command(
+        _settings(args),
+        scenario=args.scenario,
         seed=args.seed,
-        faults=args.faults,
+        speed=args.speed,
+        fast=args.fast,
+        live=args.live,
+        start=start,
+        duration=args.duration,
+        devices=args.devices,
+        processes=args.processes,
+        qos=args.qos,
+        do_provision=not args.no_provision,
+        dry=args.dry_run,
+        fleet_file=Path(args.write_fleet) if args.write_fleet else None,
+        city_file=Path(args.city) if args.city else None,
     )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from urbanpulse.demo import run_demo
 
-    return run_demo(_settings(args), duration=args.duration)
+    return run_demo(_settings(args), duration=args.duration, scenario=args.scenario)
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -282,23 +297,42 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     ing.set_defaults(func=cmd_ingest)
 
-    sim = sub.add_parser("simulate", help="publish the simulated fleet's readings")
-    sim.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
-    sim.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
-    sim.add_argument(
-        "--speed",
-        type=float,
-        default=600.0,
-        help="simulated seconds per real second for the daily shapes",
+    sim = sub.add_parser(
+        "simulate",
+        help="run a scenario over the simulated fleet and publish it (see --list)",
+        description="Publish a named scenario (default: baseline). Measurement times are "
+        "simulated time: the scenario ends no later than now and runs --speed times faster "
+        "than real time. Devices are provisioned first.",
     )
-    sim.add_argument("--seed", type=int, default=7)
-    sim.add_argument("--faults", action="store_true", help="also send malformed messages")
+    sim.add_argument("scenario", nargs="?", default="baseline", help="name or scenario file")
+    sim.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    sim.add_argument("--seed", type=int, default=7, help="same seed, same data (default 7)")
+    pace = sim.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--speed", type=float, help="simulated seconds per real second (default: the scenario's)"
+    )
+    pace.add_argument("--fast", action="store_true", help="publish as fast as possible")
+    pace.add_argument("--live", action="store_true", help="start now and run at real time")
+    sim.add_argument("--start", help="simulated start (ISO 8601 with timezone)")
+    sim.add_argument("--duration", type=float, help="stop after this many real seconds")
+    sim.add_argument(
+        "--devices", type=int, help="scale the fleet to this many devices (more customer meters)"
+    )
+    sim.add_argument("--processes", type=int, default=1, help="publisher processes (default 1)")
+    sim.add_argument("--qos", type=int, choices=(0, 1), default=1, help="MQTT QoS (default 1)")
+    sim.add_argument(
+        "--no-provision", action="store_true", help="do not upsert the fleet into the registry"
+    )
+    sim.add_argument("--dry-run", action="store_true", help="generate and count, publish nothing")
+    sim.add_argument("--write-fleet", metavar="FILE", help="write the fleet (.csv/.yaml) and exit")
+    sim.add_argument("--city", metavar="FILE", help="a city file instead of the packaged one")
     sim.set_defaults(func=cmd_simulate)
 
     demo = sub.add_parser(
         "demo", help="migrate, provision, ingest and simulate, with live progress; ends by itself"
     )
     demo.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    demo.add_argument("--scenario", default="demo", help="scenario to run (default demo)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

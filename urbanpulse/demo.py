@@ -1,4 +1,4 @@
-"""`make demo`: migrate, provision the demo fleet, run ingest, simulate, and show progress."""
+"""`make demo`: migrate, provision the fleet, run ingest and the demo scenario, show progress."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
-from importlib import resources
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from urbanpulse.contract.registry import default_registry
 from urbanpulse.db.connect import connect, where
-from urbanpulse.db.devices import read_device_file, upsert_devices
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
 from urbanpulse.settings import Settings
@@ -72,12 +69,46 @@ def _start_ingest(settings: Settings) -> tuple[subprocess.Popen[str], queue.Queu
     return proc, lines
 
 
-def run_demo(settings: Settings, *, duration: float) -> int:
-    from simulators.run import simulate
+def _highlights(conn: Any, since: datetime) -> list[str]:
+    """What the scenario did to the city, read back from the stored readings."""
+    out: list[str] = []
+    rows = conn.execute(
+        "SELECT device_id, max(value) FROM readings WHERE metric = 'depth' AND ingested_at >= %s "
+        "GROUP BY 1 HAVING max(value) >= 15 ORDER BY 2 DESC",
+        (since,),
+    ).fetchall()
+    if rows:
+        out.append("ponding ≥ 15 cm (GB 51222): " + ", ".join(f"{d} {v:.0f} cm" for d, v in rows))
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE value > 150), count(*) FROM readings "
+        "WHERE metric = 'pm25' AND ingested_at >= %s",
+        (since,),
+    ).fetchone()
+    if row and row[1]:
+        out.append(f"hourly PM2.5 above 150 µg/m³ (AQI > 200): {row[0]} of {row[1]} station-hours")
+    rows = conn.execute(
+        "SELECT o.device_id, max(o.value / c.value) FROM readings o JOIN readings c "
+        "ON c.device_id = o.device_id AND c.ts = o.ts AND c.metric = 'capacity' "
+        "WHERE o.metric = 'occupied' AND o.ingested_at >= %s AND c.value > 0 "
+        "GROUP BY 1 HAVING max(o.value / c.value) >= 0.95 ORDER BY 1",
+        (since,),
+    ).fetchall()
+    if rows:
+        out.append("car parks ≥ 95 % full: " + ", ".join(f"{d} {v:.0%}" for d, v in rows))
+    conn.commit()
+    return out
 
+
+def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> int:
+    from simulators.command import describe
+    from simulators.run import make_plan, provision, run
+    from simulators.scenario import load_scenario
+
+    sc = load_scenario(scenario)
+    plan = make_plan(settings, sc, speed=sc.span / duration)
     _say(
         f"▶ UrbanPulse demo — database {where(settings.database_url)}, broker "
-        f"{settings.mqtt_url}, {duration:.0f} s"
+        f"{settings.mqtt_url}, about {duration:.0f} s"
     )
     result = migrate(
         settings.database_url,
@@ -88,11 +119,9 @@ def run_demo(settings: Settings, *, duration: float) -> int:
         f"  schema ready ({'TimescaleDB' if result.timescale else 'plain PostgreSQL'}; "
         f"{len(result.applied)} migration(s) applied now)"
     )
-    fleet_file = Path(str(resources.files("simulators").joinpath("fleet.yaml")))
-    specs = read_device_file(fleet_file, default_registry())
-    with connect(settings.database_url) as conn:
-        imported = upsert_devices(conn, specs)
-    _say(f"  provisioned {len(specs)} demo devices ({imported.created} new) from {fleet_file}")
+    fleet = plan.fleet()
+    created, _ = provision(settings.database_url, fleet)
+    _say(f"  provisioned {len(fleet)} simulated devices ({created} new) from simulators/city.yaml")
 
     proc, lines = _start_ingest(settings)
     deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_S
@@ -112,45 +141,52 @@ def run_demo(settings: Settings, *, duration: float) -> int:
             f"{settings.mqtt_url}? (see `urbanpulse ingest` output)"
         )
         return 1
-    _say(
-        f"  ingest worker running (pid {proc.pid}); publishing the four domains' feeds, "
-        "with a few deliberately broken messages"
-    )
+    _say(f"  ingest worker running (pid {proc.pid})")
+    describe(plan)
 
     started = datetime.now(UTC)
     stop = threading.Event()
-    last_print = [0.0]
-    sent = [0]
+    last_print = [time.monotonic()]
 
-    def on_round(rounds: int, published: int) -> None:
-        sent[0] = published
+    def on_progress(published: int, reached: float) -> None:
         if time.monotonic() - last_print[0] < 5:
             return
         last_print[0] = time.monotonic()
         with connect(settings.database_url) as conn:
             counts, quarantined = _counts(conn, started)
-        per = "  ".join(f"{d} {counts.get(d, 0):>5}" for d in DOMAINS)
+        per = "  ".join(f"{d} {counts.get(d, 0):>6}" for d in DOMAINS)
+        sim = datetime.fromtimestamp(reached, UTC).astimezone(ZoneInfo(plan.city.timezone))
         _say(
-            f"  t+{(datetime.now(UTC) - started).total_seconds():3.0f}s  published "
-            f"{published:>5} msgs │ readings stored: {per} │ quarantined {quarantined}"
+            f"  t+{(datetime.now(UTC) - started).total_seconds():3.0f}s  simulated "
+            f"{sim:%m-%d %H:%M}  published {published:>7} msgs │ stored: {per} │ "
+            f"quarantined {quarantined}"
         )
 
     interrupted = False
     try:
-        simulate(
-            settings,
-            duration=duration,
-            interval=1.0,
-            speed=600.0,
-            seed=7,
-            faults=True,
-            stop=stop,
-            on_round=on_round,
-        )
+        outcome = run(plan, stop=stop, on_progress=on_progress)
+        interrupted = outcome.interrupted
     except KeyboardInterrupt:
         interrupted = True
         stop.set()
-    time.sleep(1.0)  # let the last batch commit
+        outcome = None
+    expected = outcome.readings if outcome else None
+    # let ingest drain: wait until the stored count stops moving (or matches the ledger)
+    seen, still = -1, 0
+    while still < 4:
+        time.sleep(0.5)
+        with connect(settings.database_url) as conn:
+            counts, quarantined = _counts(conn, started)
+        total = sum(counts.values())
+        if (
+            expected is not None
+            and total >= expected
+            and outcome is not None
+            and (quarantined >= outcome.quarantined)
+        ):
+            break
+        still = still + 1 if total == seen else 0
+        seen = total
     proc.send_signal(signal.SIGTERM)
     try:
         code = proc.wait(timeout=20)
@@ -164,35 +200,48 @@ def run_demo(settings: Settings, *, duration: float) -> int:
             "last_received_at >= %s GROUP BY 1 ORDER BY 1",
             (started,),
         ).fetchall()
-        latest = conn.execute(
-            "SELECT DISTINCT ON (r.device_id, r.metric) d.domain, r.device_id, r.metric, "
-            "r.value, r.ts FROM readings r JOIN devices d USING (device_id) "
-            "WHERE r.ingested_at >= %s ORDER BY r.device_id, r.metric, r.ts DESC",
-            (started,),
-        ).fetchall()
+        highlights = _highlights(conn, started)
+    total = sum(counts.values())
     _say("")
+    sent = outcome.messages if outcome else 0
     _say(
-        f"■ demo {'interrupted' if interrupted else 'finished'}: {sent[0]} messages published; "
+        f"■ demo {'interrupted' if interrupted else 'finished'}: {sent} messages published; "
         f"ingest exited with code {code}"
     )
     for d in DOMAINS:
-        _say(f"  {d:<8} {counts.get(d, 0):>6} readings stored")
-    _say(f"  quarantine: {quarantined} message(s) " + ", ".join(f"{r}={n}" for r, n in reasons))
-    units = {m.name: m.unit for m in default_registry().metrics.values()}
-    _say("  latest values:")
-    for domain, device, metric, value, ts in latest:
-        _say(
-            f"    {domain:<8} {device:<18} {metric:<10} {value:>10.3f} "
-            f"{units[str(metric)]:<6} at {cast(datetime, ts).astimezone(UTC):%H:%M:%SZ}"
-        )
+        _say(f"  {d:<8} {counts.get(d, 0):>7} readings stored")
+    _say(
+        f"  quarantine: {quarantined} message(s)"
+        + (": " + ", ".join(f"{r}={n}" for r, n in reasons) if reasons else "")
+    )
+    ok = True
+    if outcome is not None and not interrupted:
+        if total == outcome.readings and quarantined == outcome.quarantined:
+            _say(
+                f"  ✓ every reading the simulator sent is stored ({total}), and every message it "
+                "broke on purpose is quarantined"
+            )
+        else:
+            ok = False
+            _say(
+                f"  ✗ the simulator sent {outcome.readings} readings and {outcome.quarantined} "
+                f"broken message(s); {total} stored, {quarantined} quarantined. If readings are "
+                "missing, the broker may have dropped them: its max_queued_messages must be 0 "
+                "(see deploy/mosquitto/mosquitto.conf)"
+            )
+    for line in highlights:
+        _say(f"  {line}")
     _say("")
     _say("Where to look next:")
     _say("  urbanpulse devices list              devices with their last reading")
     _say("  urbanpulse quarantine list           what was refused, by reason")
+    _say("  urbanpulse simulate --list           the other scenarios")
     _say(f"  psql {settings.database_url} -c 'SELECT * FROM readings ORDER BY ts DESC LIMIT 20'")
-    _say("  docs/contract.md                     how devices must publish")
+    _say("  docs/simulators.md                   what each scenario does and should raise")
     missing = [d for d in DOMAINS if not counts.get(d)]
     if missing and not interrupted:
         _say(f"✗ no readings arrived for {', '.join(missing)}")
         return 1
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    return 0 if ok else 1
