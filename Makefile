@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DURATION ?= 60
+SCENARIO ?= demo
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install test check fmt demo clean help
 
 help:
 	@echo "make install   create $(VENV) and install UrbanPulse with its dev tools"
-	@echo "make demo      run the live demo for DURATION seconds (default $(DURATION))"
+	@echo "make demo      run the live demo for DURATION seconds (default $(DURATION)), SCENARIO=$(SCENARIO)"
 	@echo "make test      the whole test suite against real PostgreSQL and Mosquitto"
 	@echo "make check     ruff (lint + format check) and mypy --strict"
 
@@ -34,7 +35,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 demo: $(STAMP)
-	$(BIN)/urbanpulse demo --duration $(DURATION)
+	$(BIN)/urbanpulse demo --duration $(DURATION) --scenario $(SCENARIO)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -38,7 +38,7 @@ from urbanpulse.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FAST_STEP_S = 900.0  # simulated seconds generated per step when publishing as fast as possible
+FAST_STEP_S = 60.0  # simulated seconds generated per step when publishing as fast as possible
 PROGRESS_EVERY_S = 5.0
 
 
@@ -173,13 +173,13 @@ def _local(t: float, city: City) -> str:
 
 def generate(plan: Plan, shard: int = 0) -> tuple[list[Message], Engine]:
     """Every message of a shard at once, without a broker (tests, dry runs)."""
-    engine = _engine(plan, shard)
+    engine = engine_for(plan, shard)
     messages = engine.advance(plan.end)
     messages += engine.finish()
     return messages, engine
 
 
-def _engine(plan: Plan, shard: int) -> Engine:
+def engine_for(plan: Plan, shard: int) -> Engine:
     return Engine(
         plan.city,
         plan.scenario,
@@ -201,7 +201,7 @@ def run_shard(
     progress: Progress | None = None,
 ) -> ShardResult:
     """Publish one shard of the fleet, paced by the plan; returns what was published."""
-    engine = _engine(plan, index)
+    engine = engine_for(plan, index)
     result = ShardResult(index=index, devices=len(engine.devices))
     broker = parse_broker_url(plan.mqtt_url)
     started = time.monotonic()

@@ -147,30 +147,35 @@ RETURNING (xmax = 0) AS created
 
 
 def upsert_devices(conn: psycopg.Connection[Any], specs: Sequence[DeviceSpec]) -> ImportResult:
-    """Create or update devices by id, in one transaction."""
+    """Create or update devices by id, in one transaction (pipelined: 100 000 take seconds)."""
     created = updated = 0
+    rows = [
+        (
+            s.device_id,
+            s.domain,
+            s.kind,
+            s.name,
+            s.lat,
+            s.lon,
+            s.zone,
+            s.capacity,
+            s.report_interval_s,
+            json.dumps(s.attributes, ensure_ascii=False),
+        )
+        for s in specs
+    ]
+    if not rows:
+        return ImportResult(0, 0)
     with conn.transaction(), conn.cursor() as cur:
-        for s in specs:
-            cur.execute(
-                _UPSERT,
-                (
-                    s.device_id,
-                    s.domain,
-                    s.kind,
-                    s.name,
-                    s.lat,
-                    s.lon,
-                    s.zone,
-                    s.capacity,
-                    s.report_interval_s,
-                    json.dumps(s.attributes, ensure_ascii=False),
-                ),
-            )
+        cur.executemany(_UPSERT, rows, returning=True)
+        while True:
             row = cur.fetchone()
             if row and row[0]:
                 created += 1
             else:
                 updated += 1
+            if not cur.nextset():
+                break
     return ImportResult(created, updated)
 
 
