@@ -208,9 +208,9 @@ class Engine:
         dev, v = sample.device, sample.values
         ts = _ms(sample.ts if sample.ts is not None else sample.t)
         body: Any
-        if dev.kind == "customer_meter":
-            body = {"metric": "volume", "value": v["volume"], "unit": "m3", "ts": ts}
-        elif dev.kind == "inlet_meter":
+        if dev.kind == "customer_meter":  # the bulk of a large fleet: formatted directly
+            return b'{"metric":"volume","value":%r,"unit":"m3","ts":%d}' % (v["volume"], ts)
+        if dev.kind == "inlet_meter":
             values: dict[str, Any] = dict(v)
             if "flow" in values:
                 values["flow"] = {"value": round(values["flow"] / 3.6, 5), "unit": "L/s"}

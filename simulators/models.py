@@ -112,6 +112,7 @@ class WaterModel:
         self.bursts = scenario.of(Burst)
         self.leak_changes = sorted(scenario.of(Leakage), key=lambda e: e.at)
         self._hour_sum: dict[tuple[str, int], float] = {}
+        self._factors: dict[tuple[str, int], list[float]] = {}
         self.volume: dict[str, tuple[float, float]] = {}  # customer → (t, m³)
 
     # demand pattern and its integral
@@ -136,18 +137,29 @@ class WaterModel:
     def hourly_factor(self, k: int, hour_index: int) -> float:
         return max(0.05, 1.0 + self.w.hourly_noise * noise.gauss(self.seed, k, hour_index))
 
+    def factors(self, dma_id: str, hour_index: int) -> list[float]:
+        """Every customer's noise factor in that hour (cached: meters and inlet share them)."""
+        got = self._factors.get((dma_id, hour_index))
+        if got is None:
+            got = [self.hourly_factor(k, hour_index) for k in self.dmas[dma_id].keys]
+            stale = [key for key in self._factors if key[1] < hour_index - 2]
+            for key in stale:
+                del self._factors[key]
+            self._factors[(dma_id, hour_index)] = got
+            self._hour_sum[(dma_id, hour_index)] = sum(
+                b * f for b, f in zip(self.dmas[dma_id].bases, got, strict=True)
+            )
+            if len(self._hour_sum) > 10000:
+                self._hour_sum.clear()
+        return got
+
     def consumption(self, dma_id: str, hour_index: int) -> float:
         """Σ_i base_i × noise_i(hour): the DMA's use at pattern 1 in that hour (m³/h)."""
         got = self._hour_sum.get((dma_id, hour_index))
         if got is None:
-            st = self.dmas[dma_id]
-            got = sum(
-                b * self.hourly_factor(k, hour_index)
-                for b, k in zip(st.bases, st.keys, strict=True)
-            )
-            if len(self._hour_sum) > 10000:
-                self._hour_sum.clear()
-            self._hour_sum[(dma_id, hour_index)] = got
+            self._factors.pop((dma_id, hour_index), None)
+            self.factors(dma_id, hour_index)
+            got = self._hour_sum[(dma_id, hour_index)]
         return got
 
     def leakage_share(self, dma_id: str, t: float) -> float:
@@ -187,15 +199,15 @@ class WaterModel:
 
     def customer(self, dev: SimDevice, t: float) -> float:
         """The cumulative volume index (m³) of a customer meter at t."""
-        k = noise.key(dev.device_id)
-        index = int(dev.device_id.rsplit("c", 1)[1])
-        base = self.dmas[dev.site].bases[index - 1]
+        index = int(dev.device_id.rsplit("c", 1)[1]) - 1
+        base = self.dmas[dev.site].bases[index]
         last = self.volume.get(dev.device_id)
         if last is None:
+            k = noise.key(dev.device_id)
             last = (self.start, 100.0 + 4000.0 * noise.unit(self.seed, k, 1))
         t0, v = last
         for hour_index, area in self.p_integral(t0, t):
-            v += base * self.hourly_factor(k, hour_index) * area
+            v += base * self.factors(dev.site, hour_index)[index] * area
         self.volume[dev.device_id] = (t, v)
         return v
 
