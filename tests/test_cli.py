@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -101,5 +103,74 @@ def test_demo_shows_all_four_domains_and_ends_by_itself(tmp_path: Path) -> None:
                     "SELECT count(*), count(DISTINCT device_id) FROM readings"
                 ).fetchone()
             assert row is not None and row[0] == sum(stored.values()) and row[1] == 208
+    finally:
+        broker.stop()
+
+
+def test_simulate_lists_explains_and_refuses_clearly(tmp_path: Path) -> None:
+    out = cli("simulate", "--list")
+    assert out.returncode == 0 and "rainstorm" in out.stdout and "暴雨" in out.stdout
+    out = cli("simulate", "no-such-thing", "--dry-run")
+    assert out.returncode == 1 and "known: baseline" in out.stderr and "Traceback" not in out.stderr
+    out = cli("simulate", "rainstorm", "--start", "2999-01-01T00:00+08:00", "--dry-run")
+    assert out.returncode == 1 and "in the future" in out.stderr
+    out = cli("simulate", "device-faults", "--dry-run", "--processes", "2")
+    assert out.returncode == 0, out.stderr
+    assert (
+        "38,929 messages" in out.stdout
+        and "8 message(s) that ingest should quarantine" in out.stdout
+    )
+    fleet = tmp_path / "fleet.csv"
+    out = cli("simulate", "--write-fleet", str(fleet), "--devices", "1000")
+    assert out.returncode == 0 and "1,000 devices" in out.stdout
+    assert len(fleet.read_text(encoding="utf-8").splitlines()) == 1001
+
+
+def test_simulate_publishes_a_scenario_that_ingest_stores(tmp_path: Path) -> None:
+    """`urbanpulse simulate rainstorm --fast` against a private broker, with ingest running."""
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    try:
+        with scratch_database(SERVER_URL) as url:
+            env = {
+                "URBANPULSE_DATABASE_URL": url,
+                "URBANPULSE_MQTT_URL": broker.url,
+                "URBANPULSE_TIMESCALEDB": "off",
+                "URBANPULSE_INGEST_GROUP": "clitest",
+            }
+            assert cli("db", "migrate", env=env).returncode == 0
+            ingest = subprocess.Popen(
+                [sys.executable, "-m", "urbanpulse.cli", "ingest"],
+                cwd=ROOT,
+                env=dict(os.environ, **env),
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                out = cli("simulate", "rainstorm", "--fast", env=env)
+                assert out.returncode == 0, out.stderr
+                assert "provisioned 208 devices" in out.stdout
+                assert "published 39,264 messages (51,552 readings)" in out.stdout
+                deadline = time.monotonic() + 60
+                count = 0
+                while time.monotonic() < deadline and count < 51_552:
+                    with psycopg.connect(url) as conn:
+                        row = conn.execute("SELECT count(*) FROM readings").fetchone()
+                    count = row[0] if row else 0
+                    time.sleep(0.5)
+            finally:
+                ingest.send_signal(signal.SIGTERM)
+                ingest.wait(timeout=30)
+            with psycopg.connect(url) as conn:
+                flooded = conn.execute(
+                    "SELECT device_id FROM readings WHERE metric = 'depth' "
+                    "GROUP BY 1 HAVING max(value) >= 15 ORDER BY 1"
+                ).fetchall()
+                total = conn.execute("SELECT count(*) FROM readings").fetchone()
+            assert total == (51_552,)
+            assert [f[0] for f in flooded] == [
+                "fl-fhh-underpass",
+                "fl-lc-honghe",
+                "fl-lc-zhongshan",
+            ]
     finally:
         broker.stop()
