@@ -14,11 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from urbanpulse.db.devices import DeviceSpec
 from urbanpulse.errors import ContractError
+from urbanpulse.yamlfile import load_yaml_model
 
 SiteId = str
 Hourly = list[float]
@@ -186,16 +186,7 @@ def load_city(path: Path | None = None) -> City:
         except OSError as exc:
             raise ContractError(f"cannot read city file {path}: {exc}") from exc
         where = str(path)
-    try:
-        return City.model_validate(yaml.safe_load(text))
-    except yaml.YAMLError as exc:
-        raise ContractError(f"{where}: not YAML: {exc}") from exc
-    except ValidationError as exc:
-        lines = [
-            f"{where}: {'.'.join(str(p) for p in e['loc']) or 'top level'}: {e['msg']}"
-            for e in exc.errors()
-        ]
-        raise ContractError("invalid city file:\n  " + "\n  ".join(lines)) from exc
+    return load_yaml_model(City, text, where, "city file")
 
 
 # --- the fleet ---------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from urbanpulse.errors import ContractError
+from urbanpulse.yamlfile import load_yaml_model
 
 _PART = re.compile(r"(?:(?P<n>\d+(?:\.\d+)?)(?P<u>[dhms]))|(?P<clock>\d{1,2}:\d{2})")
 _UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
@@ -289,13 +289,4 @@ def load_scenario(name_or_path: str) -> Scenario:
         folder = resources.files("simulators").joinpath("scenarios")
         text = folder.joinpath(f"{name_or_path}.yaml").read_text("utf-8")
         where = f"simulators/scenarios/{name_or_path}.yaml"
-    try:
-        return Scenario.model_validate(yaml.safe_load(text))
-    except yaml.YAMLError as exc:
-        raise ContractError(f"{where}: not YAML: {exc}") from exc
-    except ValidationError as exc:
-        lines = [
-            f"{where}: {'.'.join(str(p) for p in e['loc']) or 'top level'}: {e['msg']}"
-            for e in exc.errors()
-        ]
-        raise ContractError("invalid scenario:\n  " + "\n  ".join(lines)) from exc
+    return load_yaml_model(Scenario, text, where, "scenario")

@@ -142,8 +142,8 @@ def test_scenario_files_are_strict_and_errors_say_where(tmp_path: Path) -> None:
     with pytest.raises(ContractError) as err:
         load_scenario(str(bad))
     text = str(err.value)
-    assert "events.0.burst.colour" in text and "Extra inputs" in text
-    assert "events.1.storm.at" in text and "soon" in text
+    assert "bad.yaml:6: events.0.burst.colour: Extra inputs" in text
+    assert "bad.yaml:7: events.1.storm.at" in text and "soon" in text
     with pytest.raises(ContractError, match="known: baseline"):
         load_scenario("no-such-scenario")
 
