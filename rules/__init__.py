@@ -1,0 +1,1 @@
+"""The rule engine: the plan's thresholds and the national standards behind them."""
