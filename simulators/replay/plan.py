@@ -298,13 +298,15 @@ class _SourceReader:
             id_key = (n, tuple(map(cells.get, dev.id.columns)))
             known = self._ids.get(id_key)
             if known is None:
-                raw_id = dev.id.render({c: _text(cells.get(c)) for c in dev.id.columns})
-                known = self._ids[id_key] = (sanitise_id(raw_id), raw_id)
-            device_id, raw_id = known
+                raw = {c: _text(cells.get(c)) for c in dev.id.columns}
+                # where the id comes from: two different sources of one id are an error
+                origin = f"{dev.id.text} with " + ", ".join(f"{c}={v!r}" for c, v in raw.items())
+                known = self._ids[id_key] = (sanitise_id(dev.id.render(raw)), origin)
+            device_id, origin = known
             if not device_id:
                 self.tally.skip_row(Skip.NO_DEVICE, f"{where} (id {dev.id.text!r} is empty)")
                 continue
-            records.append((dev, device_id, raw_id))
+            records.append((dev, device_id, origin))
         if not records:
             return
         time_key = tuple(map(cells.get, self.time_columns))
@@ -329,7 +331,7 @@ class _SourceReader:
         if resolved.note is not None:
             self.tally.converted[str(resolved.note)] += 1
             self.tally.example(str(resolved.note), where)
-        for dev, device_id, raw_id in records:
+        for dev, device_id, origin in records:
             if not self.wanted(device_id):
                 self.tally.filtered["records of other devices"] += 1
                 continue
@@ -338,11 +340,10 @@ class _SourceReader:
             else:
                 entries = self.profile_record(dev, cells, ts_ms, where)
             if entries:
-                self._register(dev, device_id, raw_id, cells)
+                self._register(dev, device_id, origin, cells)
                 self.add_messages(dev, device_id, entries)
 
-    def _register(self, dev: Device, device_id: str, raw_id: str, cells: dict[str, Cell]) -> None:
-        origin = f"{dev.id.text} = {raw_id}"
+    def _register(self, dev: Device, device_id: str, origin: str, cells: dict[str, Cell]) -> None:
         known = self.specs.get(device_id)
         if known is None:
             text = {c: _text(cells.get(c)) for c in dev.columns}
