@@ -8,6 +8,7 @@ file and line; openpyxl reads Excel sheets in read-only mode, cell values as the
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,45 +79,65 @@ def read_csv(path: Path, fmt: CsvFormat) -> Table:
     return Table(tuple(header), rows())
 
 
-def read_xlsx(path: Path, fmt: XlsxFormat) -> Table:
+@functools.lru_cache(maxsize=4)
+def _xlsx_sheet(
+    path: str, mtime_ns: int, size: int, sheet: str | None, header_row: int
+) -> tuple[tuple[str, ...], tuple[tuple[int, tuple[Cell, ...]], ...]]:
+    """A sheet's header and non-empty rows; cached by file identity, because a workbook takes
+    seconds to parse and a process replaying several windows of it (tests, a notebook) would
+    otherwise parse it again each time."""
+    del mtime_ns, size  # part of the cache key only
     import openpyxl  # only needed for Excel sources
 
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise DatasetError(f"cannot read {path} as an Excel workbook: {exc}") from exc
-    if fmt.sheet is not None and fmt.sheet not in book.sheetnames:
-        book.close()
-        raise DatasetError(f"{path} has no sheet {fmt.sheet!r} (sheets: {book.sheetnames})")
-    sheet = book[fmt.sheet] if fmt.sheet is not None else book.worksheets[0]
-    it = sheet.iter_rows(min_row=fmt.header_row, values_only=True)
     try:
-        header = ["" if c is None else str(c).strip() for c in next(it)]
-    except StopIteration:
+        if sheet is not None and sheet not in book.sheetnames:
+            raise DatasetError(f"{path} has no sheet {sheet!r} (sheets: {book.sheetnames})")
+        ws = book[sheet] if sheet is not None else book.worksheets[0]
+        it = ws.iter_rows(min_row=header_row, values_only=True)
+        try:
+            header = tuple("" if c is None else str(c).strip() for c in next(it))
+        except StopIteration:
+            raise DatasetError(f"{path}: no header row at row {header_row}") from None
+        rows = []
+        for n, values in enumerate(it, start=header_row + 1):
+            if all(v is None for v in values):
+                continue  # openpyxl reports formatted but empty rows
+            rows.append(
+                (
+                    n,
+                    tuple(
+                        v if v is None or isinstance(v, str | int | float | datetime) else str(v)
+                        for v in values
+                    ),
+                )
+            )
+        return header, tuple(rows)
+    finally:
         book.close()
-        raise DatasetError(f"{path}: no header row at row {fmt.header_row}") from None
+
+
+def read_xlsx(path: Path, fmt: XlsxFormat) -> Table:
+    stat = path.stat()
+    header, data = _xlsx_sheet(str(path), stat.st_mtime_ns, stat.st_size, fmt.sheet, fmt.header_row)
 
     def rows() -> Iterator[Row]:
-        try:
-            for n, values in enumerate(it, start=fmt.header_row + 1):
-                if all(v is None for v in values):
-                    continue  # openpyxl reports formatted but empty rows
-                cells: dict[str, Cell] = {}
-                stripped = False
-                for name, v in zip(header, values, strict=False):
-                    if isinstance(v, str):
-                        s = v.strip()
-                        stripped = stripped or s != v
-                        cells[name] = s
-                    elif isinstance(v, int | float | datetime) or v is None:
-                        cells[name] = v
-                    else:
-                        cells[name] = str(v)
-                yield Row(n, cells, None, stripped)
-        finally:
-            book.close()
+        for n, values in data:
+            cells: dict[str, Cell] = {}
+            stripped = False
+            for name, v in zip(header, values, strict=False):
+                if isinstance(v, str):
+                    text = v.strip()
+                    stripped = stripped or text != v
+                    cells[name] = text
+                else:
+                    cells[name] = v
+            yield Row(n, cells, None, stripped)
 
-    return Table(tuple(header), rows())
+    return Table(header, rows())
 
 
 def read_table(path: Path, fmt: CsvFormat | XlsxFormat) -> Table:
