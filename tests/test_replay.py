@@ -505,3 +505,28 @@ def test_cli_replay_publishes_through_the_broker(
         wait_for(db_url, 2 * len(day) - negatives, Counter({"out_of_range": negatives}))
     assert f"published {len(day)} messages with {2 * len(day)} readings for 1 devices" in out.stdout
     assert "provisioned 1 devices (1 new, 0 updated)" in out.stdout
+
+
+def test_wrong_broker_credentials_are_explained(tmp_path: Path, prefix: str) -> None:
+    passwords = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwords), "replay", "right-secret"],
+        check=True,
+        capture_output=True,
+    )
+    broker = Mosquitto(tmp_path / "broker", password_file=passwords)
+    broker.start()
+    try:
+        url = f"mqtt://replay:wrong-secret@127.0.0.1:{broker.port}"
+        out = cli(
+            "birmingham-parking",
+            "--limit",
+            "3",
+            "--no-provision",
+            env={"URBANPULSE_MQTT_URL": url, "URBANPULSE_TOPIC_PREFIX": prefix},
+        )
+    finally:
+        broker.stop()
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "refused the connection" in out.stderr and "URBANPULSE_MQTT_URL" in out.stderr
+    assert "wrong-secret" not in out.stderr

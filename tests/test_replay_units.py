@@ -9,11 +9,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from simulators.replay.cells import parse_number
 from simulators.replay.errors import DatasetError, MappingError
 from simulators.replay.localtime import Ambiguous, DstNote, LocalClock, Nonexistent
 from simulators.replay.mapping import load_mapping, packaged_names, parse_mapping
 from simulators.replay.model import Entry, Message, Quirk, Skip
-from simulators.replay.plan import STRIPPED, Selection, build_plan, parse_number, shift_to_now
+from simulators.replay.plan import STRIPPED, Selection, build_plan, shift_to_now
 from simulators.replay.run import payload
 from simulators.replay.template import parse_template, sanitise_id
 from urbanpulse.contract import DeviceRef, InboundMessage, default_registry, parse_message

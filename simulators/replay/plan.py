@@ -10,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 import gc
 import json
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,9 +19,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from simulators.replay.cells import (
+    MissingMarkers,
+    describe_marker,
+    parse_number,
+    read_wall_time,
+    text_of,
+)
 from simulators.replay.errors import DatasetError
 from simulators.replay.localtime import LocalClock, Resolved
-from simulators.replay.mapping import Device, Mapping, MetricSpec, SourceSpec, TimeSpec
+from simulators.replay.mapping import Device, Mapping, MetricSpec, SourceSpec
 from simulators.replay.model import Entry, Message, Quirk, Skip, Value
 from simulators.replay.readers import Cell, Row, read_join, read_table
 from simulators.replay.report import Tally
@@ -54,86 +60,6 @@ class Plan:
     tally: Tally
 
 
-def _text(cell: Cell) -> str:
-    if cell is None:
-        return ""
-    if isinstance(cell, float) and cell.is_integer():
-        return str(int(cell))
-    return str(cell)
-
-
-def _integer(cell: Cell) -> int:
-    if isinstance(cell, int | float):
-        if float(cell).is_integer():
-            return int(cell)
-        raise ValueError(f"{cell!r} is not a whole number")
-    return int(str(cell))
-
-
-def parse_number(cell: Cell) -> float | int | None:
-    """A finite number from a cell, or None when it is not one."""
-    if type(cell) is str:  # the hot path: text files
-        if cell.isdigit():
-            return int(cell)
-        try:
-            value = float(cell)
-        except ValueError:
-            return None
-        return value if value - value == 0 else None  # NaN and ±inf are not measurements
-    if isinstance(cell, bool) or not isinstance(cell, int | float):
-        return None
-    return cell if math.isfinite(cell) else None
-
-
-def read_wall_time(cells: dict[str, Cell], spec: TimeSpec) -> datetime:
-    """The wall-clock time of a row (naive unless the data carries an offset)."""
-    if spec.column is not None:
-        raw = cells.get(spec.column)
-        if isinstance(raw, datetime):
-            return raw
-        text = _text(raw)
-        if not text:
-            raise ValueError("empty time")
-        if spec.format == "iso":
-            return datetime.fromisoformat(text)
-        return datetime.strptime(text, spec.format)  # naive: the zone comes next
-    parts = spec.parts
-    assert parts is not None
-
-    def part(column: str | None) -> int:
-        return _integer(cells.get(column)) if column else 0
-
-    return datetime(
-        part(parts.year),
-        part(parts.month),
-        part(parts.day),
-        part(parts.hour),
-        part(parts.minute),
-        part(parts.second),
-    )
-
-
-class _Missing:
-    """A source's missing-value markers, as text and (for numeric cells) as numbers."""
-
-    def __init__(self, markers: Sequence[str]) -> None:
-        self.text = frozenset(markers)
-        self.numbers = {n: m for m in markers if (n := parse_number(m)) is not None}
-
-    def marker(self, cell: Cell) -> str | None:
-        if cell is None:
-            return ""
-        if isinstance(cell, str):
-            return cell if cell in self.text else None
-        if isinstance(cell, int | float) and not isinstance(cell, bool):
-            return self.numbers.get(cell)
-        return None
-
-
-def _describe_marker(marker: str) -> str:
-    return "missing (empty)" if marker == "" else f"missing ({marker})"
-
-
 @dataclass
 class _SourceReader:
     """Converts the rows of one source; shared state: the tally and the devices seen."""
@@ -152,7 +78,7 @@ class _SourceReader:
         tspec = self.source.time
         self.zone = tspec.zone
         self.clock = LocalClock(self.zone, tspec.ambiguous, tspec.nonexistent)
-        self.missing = _Missing(self.source.missing)
+        self.missing = MissingMarkers(self.source.missing)
         self.since_ms = self._bound(self.selection.since)
         self.until_ms = self._bound(self.selection.until)
         self.factors = {
@@ -257,18 +183,18 @@ class _SourceReader:
         """A cell as a value to publish with its quirks, or None (counted) for a missing one."""
         if type(cell) is str:
             if cell in self.missing.text:
-                self.tally.values_skipped[(_describe_marker(cell), name)] += 1
+                self.tally.values_skipped[(describe_marker(cell), name)] += 1
                 return None
             number = parse_number(cell)
         else:
             marker = self.missing.marker(cell)
             if marker is not None:
-                self.tally.values_skipped[(_describe_marker(marker), name)] += 1
+                self.tally.values_skipped[(describe_marker(marker), name)] += 1
                 return None
             number = parse_number(cell)
         if number is None:
             self._quirk(Quirk.NOT_A_NUMBER, name, where, cell)
-            return _text(cell), (Quirk.NOT_A_NUMBER,)
+            return text_of(cell), (Quirk.NOT_A_NUMBER,)
         factor, lo, hi = self.factors[name]
         if (
             (m.ceiling is None or number < m.ceiling)
@@ -304,7 +230,7 @@ class _SourceReader:
             self.tally.example(STRIPPED, where)
         cells = row.cells
         if self.source.join is not None and join is not None:
-            extra = join.get(_text(cells.get(self.source.join.match)))
+            extra = join.get(text_of(cells.get(self.source.join.match)))
             if extra is not None:
                 cells = {**cells, **extra}
         records: list[tuple[Device, str, str]] = []
@@ -312,7 +238,7 @@ class _SourceReader:
             id_key = (n, tuple(map(cells.get, dev.id.columns)))
             known = self._ids.get(id_key)
             if known is None:
-                raw = {c: _text(cells.get(c)) for c in dev.id.columns}
+                raw = {c: text_of(cells.get(c)) for c in dev.id.columns}
                 # where the id comes from: two different sources of one id are an error
                 origin = f"{dev.id.text} with " + ", ".join(f"{c}={v!r}" for c, v in raw.items())
                 known = self._ids[id_key] = (sanitise_id(dev.id.render(raw)), origin)
@@ -336,7 +262,7 @@ class _SourceReader:
                 self._times[time_key] = resolved
         if resolved.instant is None:
             assert resolved.skip is not None
-            self.tally.skip_row(resolved.skip, f"{where} ({'/'.join(map(_text, time_key))})")
+            self.tally.skip_row(resolved.skip, f"{where} ({'/'.join(map(text_of, time_key))})")
             return
         ts_ms = round(resolved.instant.timestamp() * 1000)
         if self.source.profile is None and not self.in_window(ts_ms):
@@ -360,7 +286,7 @@ class _SourceReader:
     def _register(self, dev: Device, device_id: str, origin: str, cells: dict[str, Cell]) -> None:
         known = self.specs.get(device_id)
         if known is None:
-            text = {c: _text(cells.get(c)) for c in dev.columns}
+            text = {c: text_of(cells.get(c)) for c in dev.columns}
             self.specs[device_id] = (origin, self.device_spec(dev, device_id, text))
         elif known[0] != origin:
             raise DatasetError(
@@ -427,7 +353,7 @@ class _SourceReader:
 
 def _json_list(cell: Cell, column: str, length: int | None = None) -> list[Any]:
     try:
-        value = json.loads(_text(cell))
+        value = json.loads(text_of(cell))
     except ValueError:
         raise ValueError(f"{column} is not a JSON array") from None
     if not isinstance(value, list):

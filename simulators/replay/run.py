@@ -20,7 +20,7 @@ from simulators.replay.mapping import Mapping
 from simulators.replay.model import Entry, Message
 from simulators.replay.plan import Plan, Selection, build_plan, shift_to_now
 from simulators.replay.report import render
-from urbanpulse.broker import parse_broker_url
+from urbanpulse.broker import BrokerAddress, parse_broker_url
 from urbanpulse.contract.registry import Registry
 from urbanpulse.db.connect import connect, where
 from urbanpulse.db.devices import upsert_devices
@@ -132,14 +132,8 @@ def publish_plan(
     prefix = settings.topic_prefix
     messages = plan.messages
     progress = _Progress(len(messages), options.progress_every_s, err)
-    try:
-        publisher = Publisher(broker, client_id=f"urbanpulse-replay-{os.getpid()}")
-        publisher.__enter__()
-    except OSError as exc:
-        raise UrbanPulseError(
-            f"broker unreachable at {broker} ({exc}) — is Mosquitto running? "
-            "set URBANPULSE_MQTT_URL"
-        ) from exc
+    publisher = _connect(broker)
+    failure: Exception | None = None
     try:
         started = time.monotonic()
         base_ms = messages[0].due_ms if messages else 0
@@ -163,13 +157,49 @@ def publish_plan(
             progress.maybe(result.published, msg.due_ms, result.shift_ms)
     except KeyboardInterrupt:
         result.interrupted = True
-    finally:
+    except (TimeoutError, RuntimeError, ValueError) as exc:  # paho: not acknowledged, not sent
+        failure = exc
+    if failure is None:
         try:
-            publisher.__exit__(None, None, None)
+            publisher.__exit__(None, None, None)  # waits until the broker has every message
         except TimeoutError as exc:
-            raise UrbanPulseError(
-                f"{exc}; check the broker and its credentials (URBANPULSE_MQTT_URL)"
-            ) from exc
+            failure = exc
+    else:
+        publisher.client.disconnect()
+        publisher.client.loop_stop()
+    if failure is not None:
+        raise UrbanPulseError(
+            f"publishing to {broker} failed after {result.published} messages ({failure}); "
+            "check the broker and URBANPULSE_MQTT_URL"
+        ) from failure
+
+
+def _connect(broker: BrokerAddress, timeout_s: float = 10.0) -> Publisher:
+    """A connected publisher, or an error that says what to check."""
+    publisher = Publisher(broker, client_id=f"urbanpulse-replay-{os.getpid()}")
+    refused: list[str] = []
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+
+    publisher.client.on_connect = on_connect
+    try:
+        publisher.__enter__()
+    except OSError as exc:
+        raise UrbanPulseError(
+            f"broker unreachable at {broker} ({exc}) — is Mosquitto running? "
+            "set URBANPULSE_MQTT_URL"
+        ) from exc
+    deadline = time.monotonic() + timeout_s
+    while not publisher.client.is_connected():
+        if refused or time.monotonic() > deadline:
+            publisher.client.disconnect()
+            publisher.client.loop_stop()
+            why = f"refused the connection: {refused[0]}" if refused else "did not answer"
+            raise UrbanPulseError(f"broker {broker} {why} — check URBANPULSE_MQTT_URL")
+        time.sleep(0.02)
+    return publisher
 
 
 def run_replay(
