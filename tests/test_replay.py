@@ -498,13 +498,22 @@ def test_cli_replay_publishes_through_the_broker(
             "2016-10-16",
             "--until",
             "2016-10-17",
+            "--shift-to-now",
             env=env,
         )
         assert out.returncode == 0, out.stderr
         negatives = int((day["occ"] < 0).sum())
         wait_for(db_url, 2 * len(day) - negatives, Counter({"out_of_range": negatives}))
+    finished = datetime.now(UTC)
     assert f"published {len(day)} messages with {2 * len(day)} readings for 1 devices" in out.stdout
     assert "provisioned 1 devices (1 new, 0 updated)" in out.stdout
+    # shifted by whole minutes so the last reading is at most a minute before now, never after
+    stored = stored_rows(db_url)
+    last = max(t for _, _, t in stored)
+    assert ms(finished) - 60_000 - 30_000 < last <= ms(finished)
+    span = ms(day["utc"].max()) - ms(day["utc"].min())
+    assert last - min(t for _, _, t in stored) == span
+    assert (last - ms(day["utc"].max())) % 60_000 == 0
 
 
 def test_wrong_broker_credentials_are_explained(tmp_path: Path, prefix: str) -> None:

@@ -15,6 +15,7 @@ from simulators.replay.localtime import Ambiguous, DstNote, LocalClock, Nonexist
 from simulators.replay.mapping import load_mapping, packaged_names, parse_mapping
 from simulators.replay.model import Entry, Message, Quirk, Skip
 from simulators.replay.plan import STRIPPED, Selection, build_plan, shift_to_now
+from simulators.replay.report import Tally
 from simulators.replay.run import payload
 from simulators.replay.template import parse_template, sanitise_id
 from urbanpulse.contract import DeviceRef, InboundMessage, default_registry, parse_message
@@ -234,6 +235,7 @@ def test_stray_tab_duplicate_negative_and_above_capacity_rows(tmp_path: Path) ->
         "BHMBCCMKT01,577,263,2016-10-04 13:29:45\t\n"  # the stray tab of the real file
         "BHMBCCMKT01,577,263,2016-10-04 13:29:45\n"  # an exact duplicate
         "NIA North,480,-3,2016-10-16 15:57:16\n"
+        "NIA North,480,-3,2016-10-16 15:57:16\n"  # a duplicate ingest quarantines: one row
         "BHMBCCPST01,317,320,2016-10-08 10:00:00\n"
         "short,row\n"
         "BHMBCCPST01,317,12,2016-13-08 10:00:00\n",
@@ -243,24 +245,26 @@ def test_stray_tab_duplicate_negative_and_above_capacity_rows(tmp_path: Path) ->
     for m in plan.messages:
         plan.tally.published(m)
     tally = plan.tally
-    assert tally.rows_read == 7
+    assert tally.rows_read == 8
     assert tally.converted == {STRIPPED: 1}
     assert tally.rows_skipped == {Skip.BAD_ROW: 1, Skip.BAD_TIME: 1}
-    assert "data.csv:6 (2 fields, expected 4)" in tally.examples[Skip.BAD_ROW][0]
+    assert "data.csv:7 (2 fields, expected 4)" in tally.examples[Skip.BAD_ROW][0]
     assert [m.device for m in plan.messages] == [
         "bhm-bhmbccmkt01",
         "bhm-bhmbccmkt01",
         "bhm-bhmbccmkt01",
         "bhm-bhmbccpst01",
         "bhm-nia-north",
+        "bhm-nia-north",
     ]
     tab = plan.messages[1]
     assert tab.entries[0].ts_ms == int(utc("2016-10-04T12:29:45").timestamp() * 1000)  # BST
-    assert tally.quirk_total(Quirk.DUPLICATE) == 2  # occupied and capacity of the duplicate
-    assert tally.quirks[(Quirk.OUT_OF_RANGE, "occupied")] == 1
+    assert tally.quirk_total(Quirk.DUPLICATE) == 4  # occupied and capacity of two duplicates
+    assert tally.quirks[(Quirk.OUT_OF_RANGE, "occupied")] == 2
     assert tally.quirks[(Quirk.ABOVE_BOUND, "occupied")] == 1
-    assert tally.quarantine_expected == {"out_of_range": 1}
-    assert tally.expected_stored == 10 - 2 - 1
+    assert tally.quarantine_expected == {"out_of_range": 1}  # identical bytes fold into one row
+    # distinct (device, metric, time) less the negative occupancy: 2 + 2 + 2 + 1
+    assert tally.expected_stored == 7
     assert plan.devices["bhm-nia-north"].capacity == 480
     assert plan.devices["bhm-nia-north"].attributes == {"dataset": "tiny"}
 
@@ -409,3 +413,25 @@ def test_a_value_that_is_not_a_number_is_published_as_text_for_ingest_to_quarant
     )
     assert [r.reason.value for r in outcome.rejections] == ["bad_value"]
     assert [r.metric for r in outcome.readings] == ["capacity"]
+
+
+def test_expected_counts_follow_ingest_unique_key_and_quarantine_folding() -> None:
+    t = int(utc("2016-10-16T14:57:16").timestamp() * 1000)
+
+    def msg(value: float, *quirks: Quirk) -> Message:
+        return Message(
+            t, "p", "parking", False, (Entry(t, "occupied", value, "count", quirks),), ROME
+        )
+
+    tally = Tally("x")
+    tally.published(msg(-3, Quirk.OUT_OF_RANGE))  # quarantined: nothing stored
+    tally.published(msg(-3, Quirk.OUT_OF_RANGE))  # same bytes: the same quarantine row
+    tally.published(msg(4))  # the first valid reading of the key: stored
+    tally.published(msg(5))  # another value for a stored key: ingest keeps the first
+    assert tally.expected_stored == 1
+    assert tally.quarantine_expected == {"out_of_range": 1}
+    assert tally.quirks == {
+        (Quirk.OUT_OF_RANGE, "occupied"): 2,
+        (Quirk.DUPLICATE, "occupied"): 1,
+        (Quirk.CONFLICT, "occupied"): 2,
+    }

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from simulators.replay.model import Message, Quirk
+from simulators.replay.model import Entry, Message, Quirk
 
 # What ingest does with each quirk that goes out as it is.
 QUIRK_OUTCOME = {
@@ -23,21 +24,35 @@ EXAMPLES_PER_REASON = 3
 
 
 class _Keys:
-    """Remembers (device, metric, time) of every published reading, packed into one int."""
+    """Remembers (device, metric, time) of every published reading, packed into one int.
+
+    It tells duplicates apart and predicts what ingest stores: the first valid reading of a
+    key (ingest's unique key), whatever came before it and was refused.
+    """
 
     def __init__(self) -> None:
         self.devices: dict[str, int] = {}
         self.metrics: dict[str, int] = {}
         self.seen: dict[int | tuple[int, int, int], float | str] = {}
+        self.unstored: set[int | tuple[int, int, int]] = set()  # first occurrence was refused
 
-    def check(self, device: str, metric: str, ts_ms: int, value: float | str) -> Quirk | None:
+    def check(
+        self, device: str, metric: str, ts_ms: int, value: float | str, refused: bool
+    ) -> tuple[Quirk | None, bool]:
+        """(duplicate quirk or None, whether ingest stores this reading)."""
         d = self.devices.setdefault(device, len(self.devices))
         m = self.metrics.setdefault(metric, len(self.metrics))
         key = (ts_ms << 24) | (d << 6) | m if d < 2**18 and m < 2**6 else (d, m, ts_ms)
         if key not in self.seen:
             self.seen[key] = value
-            return None
-        return Quirk.DUPLICATE if self.seen[key] == value else Quirk.CONFLICT
+            if refused:
+                self.unstored.add(key)
+            return None, not refused
+        quirk = Quirk.DUPLICATE if self.seen[key] == value else Quirk.CONFLICT
+        if not refused and key in self.unstored:
+            self.unstored.discard(key)
+            return quirk, True
+        return quirk, False
 
 
 @dataclass
@@ -58,9 +73,11 @@ class Tally:
     readings: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     quirks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (quirk, metric)
     quarantine_expected: Counter[str] = field(default_factory=Counter)
+    expected_stored: int = 0  # readings ingest should store
     first_ms: int | None = None
     last_ms: int | None = None
     _keys: _Keys = field(default_factory=_Keys, repr=False)
+    _quarantined: set[tuple[str, tuple[Entry, ...]]] = field(default_factory=set, repr=False)
 
     @property
     def rows_read(self) -> int:
@@ -81,14 +98,19 @@ class Tally:
         quarantined: Quirk | None = None
         for e in msg.entries:
             per_metric[e.metric] += 1
+            refused = False
             for q in e.quirks:
                 self.quirks[(q, e.metric)] += 1
-                if q in QUARANTINED and quarantined is None:
-                    quarantined = q
-            dup = self._keys.check(msg.device, e.metric, e.ts_ms, e.value)
+                if q in QUARANTINED:
+                    refused = True
+                    quarantined = quarantined or q
+            dup, stored = self._keys.check(msg.device, e.metric, e.ts_ms, e.value, refused)
             if dup is not None:
                 self.quirks[(dup, e.metric)] += 1
-        if quarantined is not None:
+            self.expected_stored += stored
+        # the same bytes again fold into the quarantine row of the first (occurrences + 1)
+        if quarantined is not None and (msg.device, msg.entries) not in self._quarantined:
+            self._quarantined.add((msg.device, msg.entries))
             self.quarantine_expected[str(quarantined)] += 1
         first = msg.entries[0].ts_ms
         self.first_ms = first if self.first_ms is None else min(self.first_ms, first)
@@ -112,12 +134,6 @@ class Tally:
     def quirk_total(self, quirk: Quirk) -> int:
         return sum(n for (q, _), n in self.quirks.items() if q == quirk)
 
-    @property
-    def expected_stored(self) -> int:
-        """Readings ingest should store: published, less duplicates and those it refuses."""
-        refused = sum(self.quirk_total(q) for q in (*QUARANTINED, Quirk.DUPLICATE, Quirk.CONFLICT))
-        return self.total_readings - refused
-
     def to_json(self) -> dict[str, Any]:
         return {
             "mapping": self.mapping,
@@ -130,6 +146,8 @@ class Tally:
             "unmapped_columns": self.unmapped,
             "messages": self.total_messages,
             "readings": self.total_readings,
+            "first_measurement": _utc(self.first_ms) if self.first_ms is not None else None,
+            "last_measurement": _utc(self.last_ms) if self.last_ms is not None else None,
             "devices": {
                 d: {"messages": self.messages[d], "readings": dict(self.readings[d])}
                 for d in sorted(self.messages)
@@ -143,6 +161,10 @@ class Tally:
             "examples": {k: v for k, v in self.examples.items() if v},
             "notes": self.notes,
         }
+
+
+def _utc(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def natural(text: str) -> tuple[tuple[int, int | str], ...]:
@@ -182,9 +204,12 @@ def render(tally: Tally, *, dry_run: bool, max_devices: int = 40) -> str:
             "not selected: " + ", ".join(f"{n} {what}" for what, n in tally.filtered.items())
         )
     verb = "would publish" if dry_run else "published"
+    span = ""
+    if tally.first_ms is not None and tally.last_ms is not None:
+        span = f", measured {_utc(tally.first_ms)} .. {_utc(tally.last_ms)}"
     lines.append(
         f"{verb} {tally.total_messages} messages with {tally.total_readings} readings "
-        f"for {len(tally.messages)} devices"
+        f"for {len(tally.messages)} devices{span}"
     )
     metrics = sorted(tally.per_metric())
     if tally.messages:
