@@ -435,3 +435,14 @@ def test_expected_counts_follow_ingest_unique_key_and_quarantine_folding() -> No
         (Quirk.DUPLICATE, "occupied"): 1,
         (Quirk.CONFLICT, "occupied"): 2,
     }
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_override() -> None:
+    again = "          occupied: {column: cap, unit: count}\n"
+    text = GOOD + again
+    with pytest.raises(MappingError) as err:
+        parse_mapping(text, "m.yaml", REGISTRY)
+    assert (
+        "m.yaml:18: sources[0].devices[0].metrics.occupied: duplicate key (first at line 16)"
+        in str(err.value)
+    )

@@ -149,7 +149,8 @@ class PayloadSpec(_Strict):
     """`values`: one message per device and time; `batch`: a profile in chunks of readings."""
 
     form: Literal["values", "batch"] = "values"
-    max_readings: int = Field(500, ge=1, le=10_000)
+    # 2000 readings of ~80 bytes stay well inside ingest's default 256 KiB payload limit
+    max_readings: int = Field(500, ge=1, le=2000)
 
 
 class SourceSpec(_Strict):
@@ -264,6 +265,26 @@ def _line_of(node: yaml.Node | None, loc: Loc) -> int | None:
         else:
             return line
     return line
+
+
+def _duplicate_keys(node: yaml.Node | None, path: Loc = ()) -> list[tuple[Loc, str, int]]:
+    """Keys given twice in one mapping: YAML loaders silently keep the last one."""
+    found: list[tuple[Loc, str, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key, value in node.value:
+            line = key.start_mark.line + 1
+            if key.value in first:
+                found.append(
+                    ((*path, key.value), f"duplicate key (first at line {first[key.value]})", line)
+                )
+            else:
+                first[key.value] = line
+            found += _duplicate_keys(value, (*path, key.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(item, (*path, i))
+    return found
 
 
 def _where(loc: Loc) -> str:
@@ -390,6 +411,12 @@ def parse_mapping(text: str, path: str, registry: Registry) -> Mapping:
         raise MappingError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(doc, dict):
         raise MappingError(f"{path}:1: expected a mapping at the top")
+    duplicates = _duplicate_keys(node)
+    if duplicates:
+        lines = [f"{path}:{line}: {_where(loc)}: {msg}" for loc, msg, line in duplicates]
+        raise MappingError(
+            f"invalid replay mapping, {len(lines)} problem(s):\n  " + "\n  ".join(lines)
+        )
     try:
         spec = MappingSpec.model_validate(doc)
     except ValidationError as exc:

@@ -164,7 +164,7 @@ class Tally:
 
 
 def _utc(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def natural(text: str) -> tuple[tuple[int, int | str], ...]:
