@@ -414,11 +414,14 @@ def build_plan(
                 name = str(path.relative_to(folder))
                 progress(f"reading {name}")
                 table = read_table(path, source.format)
-                reader.check_columns(name, table.columns)
                 rows = 0
-                for row in table.rows:
-                    rows += 1
-                    reader.row(name, row, join)
+                try:
+                    reader.check_columns(name, table.columns)
+                    for row in table.rows:
+                        rows += 1
+                        reader.row(name, row, join)
+                finally:
+                    table.close()
                 tally.files[name] = rows
             messages.extend(reader.messages)
     unmatched = [p for p in selection.devices if p not in matched]

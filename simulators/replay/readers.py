@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,10 +32,11 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Table:
-    """A file's column names and its rows (read lazily)."""
+    """A file's column names and its rows (read lazily); `close` if they are not all read."""
 
     columns: tuple[str, ...]
     rows: Iterator[Row]
+    close: Callable[[], None] = lambda: None
 
 
 def _strip(values: list[str]) -> tuple[list[str], bool]:
@@ -76,7 +77,7 @@ def read_csv(path: Path, fmt: CsvFormat) -> Table:
                     continue
                 yield Row(reader.line_num, dict(zip(header, values, strict=True)), None, stripped)
 
-    return Table(tuple(header), rows())
+    return Table(tuple(header), rows(), handle.close)
 
 
 @functools.lru_cache(maxsize=4)
