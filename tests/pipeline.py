@@ -3,6 +3,7 @@ and reading back what was stored or quarantined."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -68,18 +69,45 @@ def publish(
                 pub.idle(max(0.0, started + i / rate - time.monotonic()))
 
 
-class InThreadIngest:
-    """run_ingest in a thread of the test process, stopped like SIGTERM would."""
+class _Subscribed(logging.Handler):
+    """Sets an event when the ingest source logs its subscription."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("subscribed to"):
+            self.event.set()
+
+
+class InThreadIngest:
+    """run_ingest in a thread of the test process, stopped like SIGTERM would.
+
+    Entering waits until the worker has subscribed: messages published before a shared
+    subscription exists reach nobody."""
+
+    def __init__(self, settings: Settings, *, wait_subscribed: bool = True) -> None:
         self.stop = threading.Event()
         self.code: list[int] = []
+        self.wait_subscribed = wait_subscribed
         self.thread = threading.Thread(
             target=lambda: self.code.append(run_ingest(settings, stop=self.stop)), daemon=True
         )
 
     def __enter__(self) -> InThreadIngest:
-        self.thread.start()
+        watch = _Subscribed()
+        source_log = logging.getLogger("ingest.source")
+        previous = source_log.level
+        source_log.setLevel(logging.INFO)
+        source_log.addHandler(watch)
+        try:
+            self.thread.start()
+            if self.wait_subscribed and not watch.event.wait(30):
+                raise AssertionError("the ingest worker did not subscribe within 30 s")
+        finally:
+            source_log.removeHandler(watch)
+            source_log.setLevel(previous)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 
+from tests.pipeline import wait_until
 from tests.services import SERVER_URL, Mosquitto, scratch_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,13 +140,17 @@ def test_simulate_publishes_a_scenario_that_ingest_stores(tmp_path: Path) -> Non
                 "URBANPULSE_INGEST_GROUP": "clitest",
             }
             assert cli("db", "migrate", env=env).returncode == 0
-            ingest = subprocess.Popen(
-                [sys.executable, "-m", "urbanpulse.cli", "ingest"],
-                cwd=ROOT,
-                env=dict(os.environ, **env),
-                stderr=subprocess.DEVNULL,
-            )
+            log = tmp_path / "ingest.log"
+            with log.open("wb") as sink:
+                ingest = subprocess.Popen(
+                    [sys.executable, "-m", "urbanpulse.cli", "ingest"],
+                    cwd=ROOT,
+                    env=dict(os.environ, **env),
+                    stderr=sink,
+                )
             try:
+                # messages published before the group's first subscription reach nobody
+                wait_until(lambda: "subscribed to" in log.read_text(), 30, "ingest to subscribe")
                 out = cli("simulate", "rainstorm", "--fast", env=env)
                 assert out.returncode == 0, out.stderr
                 assert "provisioned 208 devices" in out.stdout

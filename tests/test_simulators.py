@@ -404,7 +404,6 @@ def test_device_faults_end_to_end_store_exactly_what_the_simulator_says(
     reasons = Counter(m.quarantine for m in ledger if m.quarantine)
     provision(db_url, plan.fleet())
     with InThreadIngest(settings):
-        time.sleep(1.0)  # subscribed
         result = run(plan)
         assert result.messages == len(ledger)
         assert result.readings == sum(m.readings for m in ledger)

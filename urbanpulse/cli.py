@@ -227,6 +227,76 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(args), duration=args.duration, scenario=args.scenario)
 
 
+# --- replay (dataset replay: simulators/replay/) --------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from simulators.replay.command import replay_command
+
+    return replay_command(
+        _settings(args),
+        mapping=args.mapping,
+        list_only=args.list,
+        data_dir=args.data_dir,
+        since=args.since,
+        until=args.until,
+        devices=[d.strip() for d in (args.devices or "").split(",")],
+        limit=args.limit,
+        speed=args.speed,
+        shift_to_now=args.shift_to_now,
+        max_gap=args.max_gap,
+        dry_run=args.dry_run,
+        provision=not args.no_provision,
+        as_json=args.json,
+    )
+
+
+def _add_replay_parser(sub: Any) -> None:
+    rp = sub.add_parser(
+        "replay",
+        help="replay a real public dataset through MQTT (docs/datasets.md)",
+        description="Replay one of the public datasets (or your own CSV/Excel files, given a "
+        "mapping YAML) as device messages: measurement times kept, quirks counted.",
+    )
+    rp.add_argument("mapping", nargs="?", help="a shipped mapping (see --list) or a mapping file")
+    rp.add_argument("--list", action="store_true", help="list the shipped mappings and exit")
+    rp.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder holding the dataset folders (URBANPULSE_DATASETS; "
+        "default ../shared/datasets beside the project)",
+    )
+    rp.add_argument("--since", help="first measurement time, e.g. 2016-07-19 (dataset local time)")
+    rp.add_argument("--until", help="end of the window, exclusive")
+    rp.add_argument("--devices", help="comma-separated device ids or patterns, e.g. 'bj-*-rain'")
+    rp.add_argument("--limit", type=int, help="publish at most this many messages, earliest first")
+    rp.add_argument(
+        "--speed",
+        default="max",
+        help="pace at N× real time by measurement time (3600: an hour a second); "
+        "default max (as fast as possible)",
+    )
+    rp.add_argument(
+        "--shift-to-now",
+        action="store_true",
+        help="shift every time so the last reading lands at now (whole minutes)",
+    )
+    rp.add_argument(
+        "--max-gap",
+        type=float,
+        metavar="SECONDS",
+        help="with --speed, never wait longer than this between two messages (data outages)",
+    )
+    rp.add_argument("--dry-run", action="store_true", help="read and report only, no broker")
+    rp.add_argument(
+        "--no-provision",
+        action="store_true",
+        help="do not create/update the devices first (ingest quarantines unknown devices)",
+    )
+    rp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rp.set_defaults(func=cmd_replay)
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 
@@ -327,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--write-fleet", metavar="FILE", help="write the fleet (.csv/.yaml) and exit")
     sim.add_argument("--city", metavar="FILE", help="a city file instead of the packaged one")
     sim.set_defaults(func=cmd_simulate)
+
+    _add_replay_parser(sub)
 
     demo = sub.add_parser(
         "demo", help="migrate, provision, ingest and simulate, with live progress; ends by itself"

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         None, description="Storage policy YAML (default: the packaged policy)"
     )
     log_level: str = Field("INFO", description="Python logging level")
+    datasets: Path | None = Field(
+        None,
+        description="Folder of the public datasets for `urbanpulse replay` "
+        "(default: ../shared/datasets beside the project)",
+    )
 
     @field_validator("mqtt_url")
     @classmethod
