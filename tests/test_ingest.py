@@ -64,13 +64,14 @@ def ingest_process(settings: Settings, log: Path, *extra: str) -> subprocess.Pop
         URBANPULSE_INGEST_BATCH_DELAY_MS="50",
         URBANPULSE_INGEST_LOG_INTERVAL_S="2",
     )
-    return subprocess.Popen(
-        [sys.executable, "-m", "urbanpulse.cli", "ingest", *extra],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
+    with log.open("ab") as sink:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "urbanpulse.cli", "ingest", *extra],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
 
 
 def wait_subscribed(log: Path, count: int = 1, timeout: float = 20.0) -> None:
