@@ -14,7 +14,7 @@ from tests.services import TIMESCALE_URL, scratch_database
 from urbanpulse.contract import Reading, Reason, Rejection, default_registry
 from urbanpulse.db import migrate as migrate_mod
 from urbanpulse.db.devices import device_refs, list_devices, read_device_file, upsert_devices
-from urbanpulse.db.migrate import Migration, migrate
+from urbanpulse.db.migrate import Migration, migrate, migrations
 from urbanpulse.db.policy import load_policy, parse_policy, refresh_rollups
 from urbanpulse.db.store import QuarantineEntry, store_batch
 from urbanpulse.errors import ConfigError, ContractError, MigrationError
@@ -31,7 +31,7 @@ def test_migrate_creates_the_database_and_is_idempotent() -> None:
     with scratch_database() as url:
         first = migrate(url, load_policy(), timescale_mode="off")
         second = migrate(url, load_policy(), timescale_mode="off")
-        assert first.created_database and first.applied == ("0001_core",)
+        assert first.created_database and first.applied == ("0001_core", "0002_alerts")
         assert not second.created_database and second.applied == ()
         with psycopg.connect(url) as conn:
             assert {
@@ -62,7 +62,8 @@ def test_concurrent_migrators_apply_each_migration_once() -> None:
             t.join()
         assert errors == []
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+            count = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
+        assert count == (len(migrations()),)
 
 
 def test_an_edited_applied_migration_is_refused(
@@ -253,6 +254,6 @@ def test_auto_mode_falls_back_to_plain_postgresql_when_timescale_cannot_load() -
     # preloaded, where CREATE EXTENSION would kill the session): auto must fall back cleanly
     with scratch_database() as url:
         result = migrate(url, load_policy(), timescale_mode="auto")
-        assert not result.timescale and result.applied == ("0001_core",)
+        assert not result.timescale and result.applied == ("0001_core", "0002_alerts")
         with pytest.raises(ConfigError, match="TimescaleDB"):
             migrate(url, load_policy(), timescale_mode="require")

@@ -1,0 +1,122 @@
+"""The alert lifecycle in PostgreSQL: one open alert per (rule, entity), timers that survive a
+restart, and runners racing on the same rule without duplicates."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from rules.lifecycle import Evaluation, Signal, Status, Timing
+from rules.store import AlertMeta, advance, load_states, open_alerts
+
+T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
+META = AlertMeta("flood.ponding_15cm", "critical", "区住房城乡建委", {"domain": "flood"})
+FOR_10 = Timing(for_s=600)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def evs(*pairs: tuple[float, Signal]) -> list[Evaluation]:
+    return [Evaluation(at(m), s, 20.0 if s is Signal.BREACH else 2.0) for m, s in pairs]
+
+
+def rows(conn: psycopg.Connection[Any], sql: str) -> list[tuple[Any, ...]]:
+    return conn.execute(sql).fetchall()
+
+
+def test_an_alert_is_opened_fired_resolved_and_a_new_one_opened(
+    conn: psycopg.Connection[Any],
+) -> None:
+    B, C = Signal.BREACH, Signal.CLEAR
+    advance(conn, META, "fl-lc-honghe", evs((0, B), (5, B), (10, B)), FOR_10)
+    [alert] = open_alerts(conn)
+    assert (alert["status"], alert["started_at"], alert["owner"]) == (
+        "firing",
+        at(0),
+        "区住房城乡建委",
+    )
+    state, changes, alert_id = advance(conn, META, "fl-lc-honghe", evs((15, C)), FOR_10)
+    assert state.status is Status.RESOLVED and alert_id is None
+    assert [c.to_status for c in changes] == [Status.RESOLVED]
+    assert open_alerts(conn) == []
+    advance(conn, META, "fl-lc-honghe", evs((60, B), (70, B)), FOR_10)
+    history = rows(
+        conn,
+        "SELECT a.id, a.status, a.started_at, a.ended_at, e.to_status, e.at FROM alerts a "
+        "JOIN alert_events e ON e.alert_id = a.id ORDER BY a.id, e.id",
+    )
+    first, second = history[0][0], history[-1][0]
+    assert [(r[0], r[1], r[4], r[5]) for r in history] == [
+        (first, "resolved", "pending", at(0)),
+        (first, "resolved", "firing", at(0)),
+        (first, "resolved", "resolved", at(15)),
+        (second, "firing", "pending", at(60)),
+        (second, "firing", "firing", at(60)),
+    ]
+    assert history[0][2:4] == (at(0), at(15))
+
+
+def test_a_pending_alert_that_clears_is_cancelled_not_resolved(
+    conn: psycopg.Connection[Any],
+) -> None:
+    advance(conn, META, "fl-x", evs((0, Signal.BREACH), (5, Signal.CLEAR)), FOR_10)
+    assert rows(conn, "SELECT status, started_at FROM alerts") == [("cancelled", None)]
+    assert open_alerts(conn) == []
+
+
+def test_the_for_timer_survives_a_restart(db_url: str) -> None:
+    with psycopg.connect(db_url) as first:
+        advance(first, META, "fl-x", evs((0, Signal.BREACH), (5, Signal.BREACH)), FOR_10)
+        assert open_alerts(first)[0]["status"] == "pending"
+    with psycopg.connect(db_url) as again:  # a new runner: all it has is the database
+        assert load_states(again, META.rule_id)["fl-x"].breach_since == at(0)
+        advance(again, META, "fl-x", evs((10, Signal.BREACH)), FOR_10)
+        [alert] = open_alerts(again)
+    assert (alert["status"], alert["started_at"]) == ("firing", at(0))
+
+
+def test_the_database_refuses_a_second_open_alert(conn: psycopg.Connection[Any]) -> None:
+    advance(conn, META, "fl-x", evs((0, Signal.BREACH)), FOR_10)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(
+            "INSERT INTO alerts (rule_id, entity, status, severity, owner, pending_at) "
+            "VALUES (%s, 'fl-x', 'firing', 'critical', 'x', now())",
+            (META.rule_id,),
+        )
+
+
+def test_two_runners_racing_on_one_rule_never_duplicate(db_url: str) -> None:
+    """Two runners with their own connections evaluate the same data at the same moment."""
+    entities = [f"fl-p{i:03d}" for i in range(60)]
+    evaluations = evs((0, Signal.BREACH), (5, Signal.BREACH), (10, Signal.BREACH))
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def runner() -> None:
+        try:
+            with psycopg.connect(db_url) as c:
+                start.wait()
+                for entity in entities:
+                    advance(c, META, entity, evaluations, FOR_10)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    with psycopg.connect(db_url) as c:
+        per_entity = rows(c, "SELECT entity, count(*) FROM alerts GROUP BY 1")
+        events = rows(c, "SELECT alert_id, count(*) FROM alert_events GROUP BY 1")
+        fired = rows(c, "SELECT count(*) FROM alerts WHERE status = 'firing'")
+    assert sorted(e for e, _ in per_entity) == entities and all(n == 1 for _, n in per_entity)
+    assert len(events) == 60 and all(n == 2 for _, n in events)  # pending, firing: once each
+    assert fired == [(60,)]
