@@ -30,13 +30,13 @@ from simulators.scenario import (
     Storm,
     Stuck,
     load_scenario,
-    parse_offset,
     scenario_names,
 )
 from tests.pipeline import InThreadIngest, quarantined, settings_for, stored, wait_until
 from tests.services import Mosquitto
 from urbanpulse.contract import DeviceRef, InboundMessage, default_registry, parse_message
 from urbanpulse.db.devices import read_device_file
+from urbanpulse.durations import parse_offset
 from urbanpulse.errors import ConfigError, ContractError
 from urbanpulse.settings import load_settings
 

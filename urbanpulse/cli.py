@@ -178,6 +178,42 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- rules -------------------------------------------------------------------------------------
+
+
+def _rule_paths(files: list[str], folder: str, pattern: str) -> list[Path]:
+    if files:
+        return [Path(f) for f in files]
+    import rules
+
+    base = Path(rules.__file__).parent / folder
+    return sorted(base.glob(pattern))
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from rules.model import load_rule_files
+    from urbanpulse.contract.registry import default_registry
+
+    paths = _rule_paths(args.files, "catalogue", "*.yaml")
+    found = load_rule_files(paths, default_registry())
+    print(f"{len(found)} rule(s) in {len(paths)} file(s): OK")
+    for r in found:
+        print(f"  {r.id:<24} {r.severity:<8} {r.owner:<8} {r.title.zh}")
+    return 0
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from rules.ruletest import run_test_files
+    from urbanpulse.contract.registry import default_registry
+
+    paths = _rule_paths(args.files, "tests", "*_test.yaml")
+    cases, failures = run_test_files(paths, default_registry())
+    for f in failures:
+        print(f"FAIL {f.file}: {f.case}: {f.message}")
+    print(f"{cases} case(s) in {len(paths)} file(s): {len(failures)} failure(s)")
+    return 1 if failures else 0
+
+
 # --- services ----------------------------------------------------------------------------------
 
 
@@ -355,6 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also retry messages that failed an earlier replay",
     )
     rep.set_defaults(func=cmd_quarantine_replay)
+
+    rules_p = sub.add_parser("rules", help="alerting rules: check and test rule files")
+    rsub = rules_p.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    chk = rsub.add_parser("check", help="validate rule files (default: the packaged catalogue)")
+    chk.add_argument("files", nargs="*", metavar="FILE")
+    chk.set_defaults(func=cmd_rules_check)
+    tst = rsub.add_parser("test", help="run rule unit tests (series in, expected alerts out)")
+    tst.add_argument("files", nargs="*", metavar="FILE")
+    tst.set_defaults(func=cmd_rules_test)
 
     ing = sub.add_parser("ingest", help="run an ingest worker (MQTT → database)")
     ing.add_argument(

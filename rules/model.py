@@ -1,0 +1,164 @@
+"""Rule files: strict YAML under rules/catalogue/, every problem reported at file:line.
+
+An alerting rule reads one metric of a set of devices, reduces each device's readings over a
+window of measurement time to one number, and compares it with a threshold (with a separate
+clear threshold for hysteresis). `for` and `keep_firing_for` delay firing and resolving.
+Types: `threshold` (an aggregate over the window), `rate` (change per hour over the window),
+`stuck` (a flat line over the window), `no_data` (silent for `missing_intervals` of the
+device's declared reporting interval).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rules.lifecycle import Timing
+from urbanpulse.contract.registry import Registry
+from urbanpulse.durations import parse_offset
+from urbanpulse.errors import ContractError
+from urbanpulse.yamlfile import load_yaml_model
+
+# The plan's 牵头单位 that own sensor-measurable targets (plan-thresholds.md, section 3).
+DEPARTMENTS = (
+    "区住房城乡建委",
+    "区水利局",
+    "区生态环境局",
+    "区城市管理局",
+    "区应急局",
+    "区交通局",
+    "区公安局",
+    "区新城建管委",
+    "区规划自然资源局",
+    "区卫健委",
+    "运维中心",  # the platform's own operations team: device health
+)
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Title(_Strict):
+    zh: str = Field(min_length=1)
+    en: str = Field(min_length=1)
+
+
+class Series(_Strict):
+    metric: str
+    kinds: list[str] | None = None  # device kinds; None: every device with the metric
+    where: dict[str, str | int | float | bool] = Field(default_factory=dict)  # attributes
+
+
+class Condition(_Strict):
+    op: Literal[">", ">=", "<", "<="]
+    value: float
+    clear: float | None = None  # hysteresis: resolve only once back beyond this
+
+    @model_validator(mode="after")
+    def _clear_side(self) -> Condition:
+        if self.clear is None:
+            return self
+        if self.op in (">", ">=") and self.clear > self.value:
+            raise ValueError(f"clear {self.clear} must not be above the threshold {self.value}")
+        if self.op in ("<", "<=") and self.clear < self.value:
+            raise ValueError(f"clear {self.clear} must not be below the threshold {self.value}")
+        return self
+
+
+class Implements(_Strict):
+    clause: str = Field(min_length=1)  # the plan clause, e.g. 一、(三)
+    standard: str | None = None  # the national standard, e.g. CJJ 92-2016
+
+
+class Rule(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
+    title: Title
+    type: Literal["threshold", "rate", "stuck", "no_data"]
+    series: Series
+    aggregate: Literal["last", "mean", "max", "min"] = "last"
+    window: float = Field(300.0, gt=0)
+    condition: Condition | None = None
+    tolerance: float = Field(0.0, ge=0)  # stuck: max − min at most this is "flat"
+    min_points: int = Field(3, ge=2)  # stuck: readings needed in the window
+    missing_intervals: float = Field(3.0, gt=0)  # no_data: silent this many intervals
+    for_: float = Field(0.0, ge=0, alias="for")
+    keep_firing_for: float = Field(0.0, ge=0)
+    flap_window: float = Field(0.0, ge=0)
+    severity: Literal["info", "warning", "major", "critical"]
+    owner: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    implements: Implements
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("window", "for_", "keep_firing_for", "flap_window", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return parse_offset(value) if isinstance(value, str | int | float) else value
+
+    @field_validator("owner")
+    @classmethod
+    def _known_owner(cls, value: str) -> str:
+        if value not in DEPARTMENTS:
+            raise ValueError(
+                f"{value!r} is not a department of the plan ({', '.join(DEPARTMENTS)})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _needs_condition(self) -> Rule:
+        if self.type in ("threshold", "rate") and self.condition is None:
+            raise ValueError(f"a {self.type} rule needs a condition")
+        if self.type in ("stuck", "no_data") and self.condition is not None:
+            raise ValueError(f"a {self.type} rule has no condition")
+        return self
+
+    @property
+    def timing(self) -> Timing:
+        return Timing(
+            for_s=self.for_, keep_firing_for_s=self.keep_firing_for, flap_window_s=self.flap_window
+        )
+
+
+class RuleFile(_Strict):
+    rules: list[Rule] = Field(min_length=1)
+
+
+def load_rule_files(paths: list[Path], registry: Registry) -> list[Rule]:
+    """Every rule of the files, checked; ContractError lists every problem with file:line."""
+    rules: list[Rule] = []
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        try:
+            text = path.read_text("utf-8")
+        except OSError as exc:
+            problems.append(f"{path}: cannot read: {exc}")
+            continue
+        try:
+            parsed = load_yaml_model(RuleFile, text, str(path), "rule file")
+        except ContractError as exc:
+            problems.extend(line.strip() for line in str(exc).splitlines()[1:] or [str(exc)])
+            continue
+        for rule in parsed.rules:
+            if rule.series.metric not in registry.metrics:
+                problems.append(f"{path}: {rule.id}: unknown metric {rule.series.metric!r}")
+            if rule.id in seen:
+                problems.append(f"{path}: {rule.id}: id already used in {seen[rule.id]}")
+            seen[rule.id] = str(path)
+            rules.append(rule)
+    if problems:
+        raise ContractError("invalid rules:\n  " + "\n  ".join(problems))
+    return rules
