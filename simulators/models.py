@@ -338,7 +338,7 @@ class AirModel:
         local = datetime.fromtimestamp(t, UTC).astimezone(self.clock.tz)
         doy = local.timetuple().tm_yday
         h = local.hour + local.minute / 60
-        season = 1 + 0.45 * math.cos(2 * math.pi * (doy - 15) / 365.25)
+        season = 1 + 0.35 * math.cos(2 * math.pi * (doy - 15) / 365.25)
         diurnal = (
             1
             + 0.22 * math.cos(2 * math.pi * (h - 21) / 24)

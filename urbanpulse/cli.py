@@ -214,6 +214,50 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_rules_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from datetime import timedelta
+
+    from rules.model import load_rule_files
+    from rules.runner import run_forever, run_pass
+    from urbanpulse.contract.registry import default_registry
+    from urbanpulse.db.connect import connect
+
+    settings = _settings(args)
+    registry = default_registry()
+    found = load_rule_files(_rule_paths(args.files, "catalogue", "*.yaml"), registry)
+    now = datetime.now(UTC)
+    since = (
+        datetime.fromisoformat(args.since) if args.since else now - timedelta(hours=args.lookback)
+    )
+    if since.tzinfo is None:
+        raise UrbanPulseError("--since needs a timezone, e.g. 2026-11-20T00:00+08:00")
+    with connect(settings.database_url) as conn:
+        if args.once:
+            report = run_pass(conn, found, registry, now=now, lateness_s=args.lateness, since=since)
+            for r in report.rules:
+                status = f"FAILED {r.error}" if r.error else "ok"
+                print(
+                    f"  {r.rule_id:<24} {r.entities:>6} entities {r.evaluations:>8} evaluations "
+                    f"{r.transitions:>5} transitions  {r.duration_ms:7.0f} ms  {status}"
+                )
+            print(f"evaluated up to {report.watermark.isoformat(timespec='seconds')}")
+            return 1 if report.failed else 0
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        run_forever(
+            conn,
+            found,
+            registry,
+            interval_s=args.interval,
+            lateness_s=args.lateness,
+            since=since,
+            stop=stop,
+        )
+    return 0
+
+
 # --- services ----------------------------------------------------------------------------------
 
 
@@ -400,6 +444,18 @@ def build_parser() -> argparse.ArgumentParser:
     tst = rsub.add_parser("test", help="run rule unit tests (series in, expected alerts out)")
     tst.add_argument("files", nargs="*", metavar="FILE")
     tst.set_defaults(func=cmd_rules_test)
+    rrun = rsub.add_parser("run", help="evaluate the rules against the database and keep alerts")
+    rrun.add_argument("files", nargs="*", metavar="FILE")
+    rrun.add_argument("--once", action="store_true", help="one pass, then exit")
+    rrun.add_argument("--interval", type=float, default=30.0, help="seconds between passes")
+    rrun.add_argument(
+        "--lateness", type=float, default=120.0, help="allowed lateness of readings, seconds"
+    )
+    rrun.add_argument("--since", help="first measurement time for entities never evaluated")
+    rrun.add_argument(
+        "--lookback", type=float, default=24.0, help="hours back when --since is not given"
+    )
+    rrun.set_defaults(func=cmd_rules_run)
 
     ing = sub.add_parser("ingest", help="run an ingest worker (MQTT → database)")
     ing.add_argument(
