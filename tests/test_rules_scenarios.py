@@ -3,6 +3,9 @@ measurement times it promises, and none it does not."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -115,3 +118,35 @@ def test_a_second_pass_adds_nothing_and_health_is_recorded(db_url: str) -> None:
     assert len(health) == len(load_rule_files(RULES, REGISTRY))
     assert all(err is None and fails == 0 for _, err, fails in health)
     assert events == (3 * 3,)  # pending, firing, resolved for each of the three points
+
+
+def test_two_rules_run_processes_never_duplicate_an_alert(db_url: str) -> None:
+    plan = load(db_url, "rainstorm")
+    since = datetime.fromtimestamp(plan.start, UTC).isoformat()
+    until = datetime.fromtimestamp(plan.end, UTC).isoformat()
+    env = dict(os.environ, URBANPULSE_DATABASE_URL=db_url)
+    command = [sys.executable, "-m", "urbanpulse.cli", "rules", "run", "--once"]
+    procs = [
+        subprocess.Popen(
+            [*command, "--since", since, "--until", until, "--lateness", "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT rule_id, entity, count(*) FROM alerts GROUP BY 1, 2").fetchall()
+        events = conn.execute(
+            "SELECT count(*), count(DISTINCT (alert_id, to_status)) FROM alert_events"
+        ).fetchone()
+    assert sorted((r, e) for r, e, _ in rows) == [
+        ("flood.ponding_15cm", "fl-fhh-underpass"),
+        ("flood.ponding_15cm", "fl-lc-honghe"),
+        ("flood.ponding_15cm", "fl-lc-zhongshan"),
+    ]
+    assert all(n == 1 for _, _, n in rows)
+    assert events == (9, 9)

@@ -233,6 +233,11 @@ def cmd_rules_run(args: argparse.Namespace) -> int:
     )
     if since.tzinfo is None:
         raise UrbanPulseError("--since needs a timezone, e.g. 2026-11-20T00:00+08:00")
+    if args.until:
+        until = datetime.fromisoformat(args.until)
+        if until.tzinfo is None:
+            raise UrbanPulseError("--until needs a timezone, e.g. 2026-11-21T00:00+08:00")
+        now = min(now, until + timedelta(seconds=args.lateness))
     with connect(settings.database_url) as conn:
         if args.once:
             report = run_pass(conn, found, registry, now=now, lateness_s=args.lateness, since=since)
@@ -455,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     rrun.add_argument(
         "--lookback", type=float, default=24.0, help="hours back when --since is not given"
     )
+    rrun.add_argument("--until", help="evaluate no later than this measurement time (with --once)")
     rrun.set_defaults(func=cmd_rules_run)
 
     ing = sub.add_parser("ingest", help="run an ingest worker (MQTT → database)")
