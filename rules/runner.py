@@ -21,7 +21,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from rules.evaluate import EntitySeries, signal_at
-from rules.lifecycle import State
+from rules.lifecycle import State, Status, step
 from rules.model import Rule
 from rules.store import AlertMeta, advance, load_states
 from urbanpulse.contract.registry import Registry
@@ -72,6 +72,84 @@ def _ticks(first: float, last: float, step: float) -> list[float]:
     return [start + k * step for k in range(n)]
 
 
+def fetch_series(
+    conn: psycopg.Connection[Any],
+    rule: Rule,
+    devices: list[tuple[str, float]],
+    first: float,
+    last: float,
+) -> dict[str, EntitySeries]:
+    """Each device's readings of the rule's metric that evaluations in [first, last] can see."""
+    lookback = max(rule.window, rule.missing_intervals * max(i for _, i in devices))
+    rows = conn.execute(
+        """
+        SELECT device_id, extract(epoch FROM ts)::float8, value FROM readings
+         WHERE metric = %s AND device_id = ANY(%s) AND ts > to_timestamp(%s)
+           AND ts <= to_timestamp(%s)
+         ORDER BY device_id, ts
+        """,
+        (rule.series.metric, [d for d, _ in devices], first - lookback, last),
+    ).fetchall()
+    conn.commit()
+    out = {d: EntitySeries(d, [], [], interval) for d, interval in devices}
+    for device, t, v in rows:
+        s = out[str(device)]
+        s.times.append(float(t))
+        s.values.append(float(v))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestAlert:
+    rule_id: str
+    entity: str
+    started_at: datetime
+    ended_at: datetime | None
+    peak: float | None
+
+
+def backtest(
+    conn: psycopg.Connection[Any],
+    rule: Rule,
+    registry: Registry,
+    *,
+    since: datetime,
+    until: datetime,
+    step_s: float = 60.0,
+) -> list[BacktestAlert]:
+    """The alerts a rule would have raised over stored history; nothing is written."""
+    devices = _entities(conn, rule, registry)
+    if not devices:
+        return []
+    first, last = since.timestamp(), until.timestamp()
+    series = fetch_series(conn, rule, devices, first, last)
+    ticks = _ticks(first, last, step_s)
+    out: list[BacktestAlert] = []
+    for device, _ in devices:
+        evaluations = [signal_at(rule, series[device], t) for t in ticks]
+        state = State()
+        start: datetime | None = None
+        peak: float | None = None
+        for ev in evaluations:
+            state, changes = step(state, ev, rule.timing)
+            if state.status is Status.FIRING and ev.value is not None:
+                peak = ev.value if peak is None else _worse(rule, peak, ev.value)
+            for t in changes:
+                if t.to_status is Status.FIRING:
+                    start, peak = t.at, t.value
+                elif t.to_status is Status.RESOLVED and start is not None:
+                    out.append(BacktestAlert(rule.id, device, start, t.at, peak))
+                    start = None
+        if start is not None:
+            out.append(BacktestAlert(rule.id, device, start, None, peak))
+    return sorted(out, key=lambda a: (a.started_at, a.entity))
+
+
+def _worse(rule: Rule, a: float, b: float) -> float:
+    low = rule.condition is not None and rule.condition.op in ("<", "<=")
+    return min(a, b) if low else max(a, b)
+
+
 def evaluate_rule(
     conn: psycopg.Connection[Any],
     rule: Rule,
@@ -94,30 +172,13 @@ def evaluate_rule(
     earliest = min(starts.values())
     if earliest > watermark:
         return report
-    lookback = max(rule.window, rule.missing_intervals * max(i for _, i in devices))
-    rows = conn.execute(
-        """
-        SELECT device_id, extract(epoch FROM ts)::float8, value FROM readings
-         WHERE metric = %s AND device_id = ANY(%s) AND ts > to_timestamp(%s)
-           AND ts <= to_timestamp(%s)
-         ORDER BY device_id, ts
-        """,
-        (rule.series.metric, [d for d, _ in devices], earliest - lookback, watermark),
-    ).fetchall()
-    conn.commit()
-    series: dict[str, tuple[list[float], list[float]]] = {d: ([], []) for d, _ in devices}
-    for device, t, v in rows:
-        times, values = series[str(device)]
-        times.append(float(t))
-        values.append(float(v))
+    series = fetch_series(conn, rule, devices, earliest, watermark)
     meta = AlertMeta(rule.id, rule.severity, rule.owner, rule.labels)
-    for device, interval in devices:
+    for device, _ in devices:
         ticks = _ticks(starts[device], watermark, step_s)
         if not ticks:
             continue
-        times, values = series[device]
-        s = EntitySeries(device, times, values, interval)
-        evaluations = [signal_at(rule, s, t) for t in ticks]
+        evaluations = [signal_at(rule, series[device], t) for t in ticks]
         _, transitions, _ = advance(conn, meta, device, evaluations, rule.timing)
         report.evaluations += len(evaluations)
         report.transitions += len(transitions)

@@ -150,3 +150,41 @@ def test_two_rules_run_processes_never_duplicate_an_alert(db_url: str) -> None:
     ]
     assert all(n == 1 for _, _, n in rows)
     assert events == (9, 9)
+
+
+def test_backtest_lists_what_a_rule_would_raise_and_writes_nothing(db_url: str) -> None:
+    plan = load(db_url, "rainstorm")
+    since = datetime.fromtimestamp(plan.start, UTC).isoformat()
+    until = datetime.fromtimestamp(plan.end, UTC).isoformat()
+    env = dict(os.environ, URBANPULSE_DATABASE_URL=db_url)
+    base = [sys.executable, "-m", "urbanpulse.cli", "rules", "backtest", "flood.ponding_15cm"]
+    out = subprocess.run(
+        [*base, "--since", since, "--until", until],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "3 alert(s) would have been raised" in out.stdout
+    assert "fl-lc-honghe" in out.stdout and "peak 2" in out.stdout  # about 21 cm
+    # tuning: at 3 cm a fourth carriageway point would have alerted (the two other points are
+    # not on a carriageway), at 25 cm none
+    lower = subprocess.run(
+        [*base, "--since", since, "--until", until, "--threshold", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "4 alert(s)" in lower.stdout and "fl-xlh-tunnel" in lower.stdout, lower.stdout
+    higher = subprocess.run(
+        [*base, "--since", since, "--until", until, "--threshold", "25"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "0 alert(s)" in higher.stdout
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM alerts").fetchone() == (0,)

@@ -263,6 +263,45 @@ def cmd_rules_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_backtest(args: argparse.Namespace) -> int:
+    from rules.model import load_rule_files
+    from rules.runner import backtest
+    from urbanpulse.contract.registry import default_registry
+    from urbanpulse.db.connect import connect
+
+    settings = _settings(args)
+    registry = default_registry()
+    found = {
+        r.id: r for r in load_rule_files(_rule_paths(args.files, "catalogue", "*.yaml"), registry)
+    }
+    if args.rule not in found:
+        raise UrbanPulseError(f"no rule {args.rule!r}; known: {', '.join(sorted(found))}")
+    bounds = []
+    for name in ("since", "until"):
+        value = datetime.fromisoformat(getattr(args, name))
+        if value.tzinfo is None:
+            raise UrbanPulseError(f"--{name} needs a timezone, e.g. 2026-11-20T00:00+08:00")
+        bounds.append(value)
+    rule = found[args.rule]
+    if args.threshold is not None:
+        if rule.condition is None:
+            raise UrbanPulseError(f"{rule.id} is a {rule.type} rule: it has no threshold")
+        cond = rule.condition
+        # keep the hysteresis band's width with the new threshold
+        clear = None if cond.clear is None else args.threshold - (cond.value - cond.clear)
+        rule = rule.model_copy(
+            update={"condition": cond.model_copy(update={"value": args.threshold, "clear": clear})}
+        )
+    with connect(settings.database_url) as conn:
+        raised = backtest(conn, rule, registry, since=bounds[0], until=bounds[1])
+    for a in raised:
+        end = a.ended_at.isoformat(timespec="minutes") if a.ended_at else "still firing"
+        peak = f"{a.peak:g}" if a.peak is not None else "-"
+        print(f"  {a.entity:<20} {a.started_at.isoformat(timespec='minutes')} → {end}  peak {peak}")
+    print(f"{rule.id}: {len(raised)} alert(s) would have been raised (nothing was written)")
+    return 0
+
+
 # --- services ----------------------------------------------------------------------------------
 
 
@@ -462,6 +501,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rrun.add_argument("--until", help="evaluate no later than this measurement time (with --once)")
     rrun.set_defaults(func=cmd_rules_run)
+    bt = rsub.add_parser(
+        "backtest", help="list the alerts a rule would have raised over stored history"
+    )
+    bt.add_argument("rule", help="rule id, e.g. flood.ponding_15cm")
+    bt.add_argument("--since", required=True, help="start (ISO 8601 with timezone)")
+    bt.add_argument("--until", required=True, help="end (ISO 8601 with timezone)")
+    bt.add_argument("--threshold", type=float, help="try another threshold")
+    bt.add_argument("--files", nargs="*", default=[], metavar="FILE", help="rule files")
+    bt.set_defaults(func=cmd_rules_backtest)
 
     ing = sub.add_parser("ingest", help="run an ingest worker (MQTT → database)")
     ing.add_argument(
