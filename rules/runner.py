@@ -21,7 +21,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from rules.evaluate import EntitySeries, signal_at
-from rules.lifecycle import State, Status, step
+from rules.lifecycle import State, Status, run, step
 from rules.model import Rule
 from rules.store import AlertMeta, advance, load_states
 from urbanpulse.contract.registry import Registry
@@ -37,6 +37,7 @@ class RuleReport:
     transitions: int = 0
     duration_ms: float = 0.0
     error: str | None = None
+    watermark: float | None = None  # measurement time evaluated up to (None: failed)
 
 
 @dataclass
@@ -165,11 +166,16 @@ def evaluate_rule(
     if not devices:
         return report
     states = load_states(conn, rule.id)
+    row = conn.execute(
+        "SELECT watermark FROM rule_health WHERE rule_id = %s", (rule.id,)
+    ).fetchone()
+    at_rest = row[0].timestamp() + step_s if row and row[0] is not None else since
     starts = {}
     for device, _ in devices:
-        state = states.get(device, State())
-        starts[device] = state.last_at.timestamp() + step_s if state.last_at else since
+        state = states.get(device)
+        starts[device] = state.last_at.timestamp() + step_s if state and state.last_at else at_rest
     earliest = min(starts.values())
+    report.watermark = watermark
     if earliest > watermark:
         return report
     series = fetch_series(conn, rule, devices, earliest, watermark)
@@ -179,8 +185,10 @@ def evaluate_rule(
         if not ticks:
             continue
         evaluations = [signal_at(rule, series[device], t) for t in ticks]
-        _, transitions, _ = advance(conn, meta, device, evaluations, rule.timing)
         report.evaluations += len(evaluations)
+        if device not in states and not run(evaluations, rule.timing)[1]:
+            continue  # at rest and staying at rest: nothing to write (the watermark covers it)
+        _, transitions, _ = advance(conn, meta, device, evaluations, rule.timing)
         report.transitions += len(transitions)
     return report
 
@@ -188,12 +196,14 @@ def evaluate_rule(
 def _health(conn: psycopg.Connection[Any], report: RuleReport) -> None:
     conn.execute(
         """
-        INSERT INTO rule_health (rule_id, last_eval_at, last_duration_ms, last_ok_at, last_error,
-                                 last_error_at, evaluations, failures)
-        VALUES (%(id)s, now(), %(ms)s, CASE WHEN %(err)s::text IS NULL THEN now() END, %(err)s,
+        INSERT INTO rule_health (rule_id, watermark, last_eval_at, last_duration_ms, last_ok_at,
+                                 last_error, last_error_at, evaluations, failures)
+        VALUES (%(id)s, to_timestamp(%(wm)s::float8), now(), %(ms)s,
+                CASE WHEN %(err)s::text IS NULL THEN now() END, %(err)s,
                 CASE WHEN %(err)s::text IS NOT NULL THEN now() END, %(n)s,
                 CASE WHEN %(err)s::text IS NULL THEN 0 ELSE 1 END)
         ON CONFLICT (rule_id) DO UPDATE SET
+            watermark = coalesce(to_timestamp(%(wm)s::float8), rule_health.watermark),
             last_eval_at = now(), last_duration_ms = %(ms)s,
             last_ok_at = CASE WHEN %(err)s::text IS NULL THEN now()
                               ELSE rule_health.last_ok_at END,
@@ -205,6 +215,7 @@ def _health(conn: psycopg.Connection[Any], report: RuleReport) -> None:
         """,
         {
             "id": report.rule_id,
+            "wm": report.watermark,
             "ms": report.duration_ms,
             "err": report.error,
             "n": report.evaluations,

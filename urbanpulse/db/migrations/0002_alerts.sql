@@ -64,9 +64,11 @@ CREATE TABLE alert_comments (
 );
 CREATE INDEX alert_comments_alert ON alert_comments (alert_id);
 
--- Each rule's health as the runner last saw it.
+-- Each rule's health as the runner last saw it, and how far it has evaluated: entities with
+-- nothing going on have no row in rule_states and start from the watermark.
 CREATE TABLE rule_health (
     rule_id          text PRIMARY KEY,
+    watermark        timestamptz,      -- measurement time evaluated up to (entities at rest)
     last_eval_at     timestamptz,
     last_duration_ms double precision,
     last_ok_at       timestamptz,
