@@ -99,6 +99,10 @@ def test_demo_shows_all_four_domains_and_ends_by_itself(tmp_path: Path) -> None:
             assert ponding.count(" cm") == 3 + 1  # three points, and the heading's "15 cm"
             assert "car parks ≥ 95 % full: pk-happyvalley" in out.stdout
             assert "AQI > 200" in out.stdout and "simulated" in out.stdout
+            # the rule catalogue's verdicts on the simulated days, with the owning department
+            alerts = out.stdout.split("Alerts raised by the rule catalogue")[1]
+            assert alerts.count("flood.ponding_15cm") == 3 and "区住房城乡建委" in alerts
+            assert "device.offline_parking   pk-school" in alerts
             with psycopg.connect(url) as conn:
                 row = conn.execute(
                     "SELECT count(*), count(DISTINCT device_id) FROM readings"

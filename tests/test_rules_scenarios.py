@@ -87,7 +87,7 @@ def near(got: datetime | None, plan: Plan, offset: float, slack_s: float) -> boo
     return got is not None and abs(got - want) <= timedelta(seconds=slack_s)
 
 
-@pytest.mark.parametrize("name", ["rainstorm", "device-faults", "smog"])
+@pytest.mark.parametrize("name", ["rainstorm", "device-faults", "smog", "demo"])
 def test_each_scenario_raises_what_it_promises_and_nothing_else(db_url: str, name: str) -> None:
     """Every promised alert of a catalogue rule fires (and resolves) within 5 minutes of the
     promised measurement time; no other alert fires."""

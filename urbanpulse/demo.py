@@ -99,6 +99,46 @@ def _highlights(conn: Any, since: datetime) -> list[str]:
     return out
 
 
+def _alerts(settings: Settings, start: float, end: float, tz: str) -> list[str]:
+    """Run the rule catalogue once over the scenario's span and describe the alerts."""
+    from pathlib import Path
+
+    import rules
+    from rules.model import load_rule_files
+    from rules.runner import run_pass
+    from urbanpulse.contract.registry import default_registry
+
+    registry = default_registry()
+    files = sorted((Path(rules.__file__).parent / "catalogue").glob("*.yaml"))
+    catalogue = load_rule_files(files, registry)
+    zone = ZoneInfo(tz)
+    with connect(settings.database_url) as conn:
+        report = run_pass(
+            conn,
+            catalogue,
+            registry,
+            now=datetime.fromtimestamp(end, UTC),
+            lateness_s=0,
+            since=datetime.fromtimestamp(start, UTC),
+        )
+        rows = conn.execute(
+            "SELECT rule_id, entity, status, started_at, ended_at, owner FROM alerts "
+            "WHERE status IN ('firing', 'resolved') AND started_at >= to_timestamp(%s) "
+            "ORDER BY started_at, rule_id, entity",
+            (start,),
+        ).fetchall()
+
+    def local(t: object) -> str:
+        return t.astimezone(zone).strftime("%m-%d %H:%M") if isinstance(t, datetime) else "?"
+
+    lines = []
+    for rule, entity, _status, started, ended, owner in rows:
+        until = f" → {local(ended)}" if isinstance(ended, datetime) else " (firing)"
+        lines.append(f"{rule:<24} {entity:<18} {local(started)}{until:<15}  {owner}")
+    lines += [f"rule {r.rule_id} failed: {r.error}" for r in report.failed]
+    return lines or ["(none)"]
+
+
 def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> int:
     from simulators.command import describe
     from simulators.run import make_plan, provision, run
@@ -231,6 +271,11 @@ def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> 
             )
     for line in highlights:
         _say(f"  {line}")
+    if outcome is not None and not interrupted:
+        _say("")
+        _say("Alerts raised by the rule catalogue over the simulated days:")
+        for line in _alerts(settings, plan.start, plan.end, plan.city.timezone):
+            _say(f"  {line}")
     _say("")
     _say("Where to look next:")
     _say("  urbanpulse devices list              devices with their last reading")
