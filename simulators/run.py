@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FAST_STEP_S = 60.0  # simulated seconds generated per step when publishing as fast as possible
 PROGRESS_EVERY_S = 5.0
+HOLD_EVERY = 200  # messages between two back-pressure checks
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ def run_shard(
     index: int,
     stop: threading.Event | Any,
     progress: Progress | None = None,
+    hold: Callable[[int], bool] | None = None,
 ) -> ShardResult:
     """Publish one shard of the fleet, paced by the plan; returns what was published."""
     engine = engine_for(plan, index)
@@ -214,6 +216,10 @@ def run_shard(
                 result.messages += 1
                 result.readings += m.readings
                 result.quarantined += m.quarantine is not None
+                if hold is not None and result.messages % HOLD_EVERY == 0:
+                    # back-pressure: wait while the consumer is too far behind
+                    while hold(result.readings) and not stop.is_set():
+                        pub.idle(0.05)
 
         while engine.pos < plan.end and not stop.is_set():
             elapsed = time.monotonic() - started
@@ -263,8 +269,12 @@ def run(
     *,
     stop: threading.Event | None = None,
     on_progress: Callable[[int, float], None] | None = None,
+    hold: Callable[[int], bool] | None = None,
 ) -> RunResult:
-    """Run the plan in this process (one shard) or in `plan.processes` processes."""
+    """Run the plan in this process (one shard) or in `plan.processes` processes.
+
+    `hold(readings published so far)` is asked every few hundred messages (one process only)
+    and publishing waits while it says so: back-pressure from a consumer that falls behind."""
     stop = stop or threading.Event()
     started = time.monotonic()
     if plan.processes == 1:
@@ -275,8 +285,10 @@ def run(
             if on_progress:
                 on_progress(messages, reached)
 
-        shard = run_shard(plan, 0, stop, progress)
+        shard = run_shard(plan, 0, stop, progress, hold)
         return RunResult([shard], time.monotonic() - started, interrupted=stop.is_set())
+    if hold is not None:
+        raise ConfigError("back-pressure (hold) needs a single publisher process")
     ctx = mp.get_context("spawn")
     mp_stop = ctx.Event()
     out: Any = ctx.Queue()

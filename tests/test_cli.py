@@ -13,6 +13,8 @@ import psycopg
 
 from tests.pipeline import wait_until
 from tests.services import SERVER_URL, Mosquitto, scratch_database
+from urbanpulse.db.connect import drop_database, with_database
+from urbanpulse.demo import demo_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,10 +105,14 @@ def test_demo_shows_all_four_domains_and_ends_by_itself(tmp_path: Path) -> None:
             alerts = out.stdout.split("Alerts raised by the rule catalogue")[1]
             assert alerts.count("flood.ponding_15cm") == 3 and "区住房城乡建委" in alerts
             assert "device.offline_parking   pk-school" in alerts
-            with psycopg.connect(url) as conn:
-                row = conn.execute(
-                    "SELECT count(*), count(DISTINCT device_id) FROM readings"
-                ).fetchone()
+            demo_url = with_database(url, demo_database(url))
+            try:
+                with psycopg.connect(demo_url) as conn:
+                    row = conn.execute(
+                        "SELECT count(*), count(DISTINCT device_id) FROM readings"
+                    ).fetchone()
+            finally:
+                drop_database(demo_url)
             assert row is not None and row[0] == sum(stored.values()) and row[1] == 208
     finally:
         broker.stop()

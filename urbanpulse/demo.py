@@ -13,13 +13,20 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from urbanpulse.db.connect import connect, where
+from urbanpulse.db.connect import (
+    connect,
+    database_name,
+    drop_database,
+    where,
+    with_database,
+)
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
 from urbanpulse.settings import Settings
 
 DOMAINS = ("water", "flood", "air", "parking")
 SUBSCRIBE_TIMEOUT_S = 20.0
+MAX_BEHIND = 1500  # readings published but not yet stored before publishing waits
 
 
 def _say(text: str) -> None:
@@ -139,17 +146,27 @@ def _alerts(settings: Settings, start: float, end: float, tz: str) -> list[str]:
     return lines or ["(none)"]
 
 
+def demo_database(url: str) -> str:
+    """The name of the demo's own database: the configured one with `_demo` appended."""
+    return f"{database_name(url)}_demo"
+
+
 def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> int:
     from simulators.command import describe
     from simulators.run import make_plan, provision, run
     from simulators.scenario import load_scenario
 
     sc = load_scenario(scenario)
+    # The demo owns a database of its own, recreated on every run: a scenario replays fixed
+    # simulated days, so data left by an earlier run (or real data) would mix with it.
+    demo_url = with_database(settings.database_url, demo_database(settings.database_url))
+    settings = settings.model_copy(update={"database_url": demo_url})
     plan = make_plan(settings, sc, speed=sc.span / duration)
     _say(
-        f"▶ UrbanPulse demo — database {where(settings.database_url)}, broker "
+        f"▶ UrbanPulse demo — database {where(demo_url)} (recreated for the demo), broker "
         f"{settings.mqtt_url}, about {duration:.0f} s"
     )
+    drop_database(demo_url)
     result = migrate(
         settings.database_url,
         load_policy(settings.storage_policy),
@@ -202,14 +219,24 @@ def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> 
             f"quarantined {quarantined}"
         )
 
+    # Back-pressure: a stock Mosquitto queues only 1000 messages per session and drops the
+    # rest, so publishing waits while ingest is more than MAX_BEHIND readings behind.
+    watch = connect(settings.database_url, autocommit=True)
+
+    def hold(published: int) -> bool:
+        row = watch.execute("SELECT count(*) FROM readings").fetchone()
+        stored = row[0] if row and isinstance(row[0], int) else 0
+        return published - stored > MAX_BEHIND
+
     interrupted = False
     try:
-        outcome = run(plan, stop=stop, on_progress=on_progress)
+        outcome = run(plan, stop=stop, on_progress=on_progress, hold=hold)
         interrupted = outcome.interrupted
     except KeyboardInterrupt:
         interrupted = True
         stop.set()
         outcome = None
+    watch.close()
     expected = outcome.readings if outcome else None
     # let ingest drain: wait until the stored count stops moving (or matches the ledger)
     seen, still = -1, 0
