@@ -13,13 +13,13 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rules.lifecycle import Timing
 from urbanpulse.contract.registry import Registry
-from urbanpulse.durations import parse_offset
+from urbanpulse.durations import Duration
 from urbanpulse.errors import ContractError
 from urbanpulse.yamlfile import load_yaml_model
 
@@ -88,25 +88,20 @@ class Rule(_Strict):
     type: Literal["threshold", "rate", "stuck", "no_data"]
     series: Series
     aggregate: Literal["last", "mean", "max", "min"] = "last"
-    window: float = Field(300.0, gt=0)
+    window: Duration = Field(300.0, gt=0)
     condition: Condition | None = None
     tolerance: float = Field(0.0, ge=0)  # stuck: max − min at most this is "flat"
     min_points: int = Field(3, ge=2)  # stuck: readings needed in the window
     missing_intervals: float = Field(3.0, gt=0)  # no_data: silent this many intervals
-    for_: float = Field(0.0, ge=0, alias="for")
-    keep_firing_for: float = Field(0.0, ge=0)
-    flap_window: float = Field(0.0, ge=0)
+    for_: Duration = Field(0.0, alias="for")
+    keep_firing_for: Duration = 0.0
+    flap_window: Duration = 0.0
     severity: Literal["info", "warning", "major", "critical"]
     owner: str
     labels: dict[str, str] = Field(default_factory=dict)
     implements: Implements
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @field_validator("window", "for_", "keep_firing_for", "flap_window", mode="before")
-    @classmethod
-    def _durations(cls, value: Any) -> Any:
-        return parse_offset(value) if isinstance(value, str | int | float) else value
 
     @field_validator("owner")
     @classmethod

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,7 +28,7 @@ from rules.evaluate import EntitySeries, evaluate, firing
 from rules.lifecycle import Status
 from rules.model import Rule, load_rule_files
 from urbanpulse.contract.registry import Registry
-from urbanpulse.durations import parse_offset
+from urbanpulse.durations import Duration
 from urbanpulse.errors import ContractError
 from urbanpulse.yamlfile import load_yaml_model
 
@@ -61,28 +60,18 @@ class InputSeries(_Strict):
 
 
 class Expected(_Strict):
-    at: float
+    at: Duration
     rule: str
     firing: list[str]
     pending: list[str] | None = None
-
-    @field_validator("at", mode="before")
-    @classmethod
-    def _at(cls, value: Any) -> Any:
-        return parse_offset(value) if isinstance(value, str | int | float) else value
 
 
 class Case(_Strict):
     name: str
     start: datetime
-    interval: float = Field(60.0, gt=0)
+    interval: Duration = Field(60.0, gt=0)
     series: list[InputSeries]
     alerts: list[Expected] = Field(min_length=1)
-
-    @field_validator("interval", mode="before")
-    @classmethod
-    def _interval(cls, value: Any) -> Any:
-        return parse_offset(value) if isinstance(value, str | int | float) else value
 
     @field_validator("start")
     @classmethod

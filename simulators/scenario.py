@@ -12,13 +12,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from urbanpulse.durations import parse_offset
+from urbanpulse.durations import Duration
 from urbanpulse.errors import ContractError
 from urbanpulse.yamlfile import load_yaml_model
 
-Offset = Annotated[float, Field(ge=0)]
+Offset = Duration
 E = TypeVar("E")
 
 
@@ -26,11 +26,6 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     at: Offset
-
-    @field_validator("at", "duration", "until", check_fields=False, mode="before")
-    @classmethod
-    def _offset(cls, value: Any) -> Any:
-        return parse_offset(value) if isinstance(value, str | int | float) else value
 
 
 # --- physical events -----------------------------------------------------------------------------
@@ -72,11 +67,6 @@ class Smog(_Event):
     ramp_up: Offset = 12 * 3600.0
     ramp_down: Offset = 6 * 3600.0
     stations: list[str] | None = None
-
-    @field_validator("ramp_up", "ramp_down", mode="before")
-    @classmethod
-    def _ramp(cls, value: Any) -> Any:
-        return parse_offset(value) if isinstance(value, str | int | float) else value
 
 
 class HolidayDay(_Event):
@@ -199,11 +189,6 @@ class Expectation(BaseModel):
     resolves: Offset | None = None
     note: str = ""
 
-    @field_validator("fires", "resolves", mode="before")
-    @classmethod
-    def _offset(cls, value: Any) -> Any:
-        return parse_offset(value) if isinstance(value, str | int | float) else value
-
 
 class Title(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -221,11 +206,6 @@ class Scenario(BaseModel):
     speed: float = Field(1440.0, gt=0, description="simulated seconds per real second")
     events: list[Event] = Field(default_factory=list)
     expect: list[Expectation] = Field(default_factory=list)
-
-    @field_validator("span", mode="before")
-    @classmethod
-    def _span(cls, value: Any) -> Any:
-        return parse_offset(value) if isinstance(value, str | int | float) else value
 
     def of(self, kind: type[E]) -> list[E]:
         """The events of one kind, in file order."""

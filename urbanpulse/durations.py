@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
 
 _PART = re.compile(r"(?:(?P<n>\d+(?:\.\d+)?)(?P<u>[dhms]))|(?P<clock>\d{1,2}:\d{2})")
 _UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
@@ -33,3 +36,11 @@ def parse_offset(text: str | float) -> float:
     if pos == 0 or s[pos:].strip():
         raise ValueError(f"{text!r} is not a time offset like '2d 01:30', '36h', '90m' or '45s'")
     return total
+
+
+def _coerce(value: Any) -> Any:
+    return parse_offset(value) if isinstance(value, str | int | float) else value
+
+
+# A duration field of our strict files: written `90m`, `2d 01:30`, or seconds; never negative.
+Duration = Annotated[float, BeforeValidator(_coerce), Field(ge=0)]
