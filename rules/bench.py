@@ -18,12 +18,11 @@ import random
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 
-from rules.model import load_rule_files
-from rules.runner import _entities, fetch_series, run_pass
+from rules.model import catalogue_files, load_rule_files
+from rules.runner import entities_of, fetch_series, run_pass
 from urbanpulse.contract import Reading, default_registry
 from urbanpulse.db.connect import drop_database, with_database
 from urbanpulse.db.devices import DeviceSpec, upsert_devices
@@ -75,7 +74,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     registry = default_registry()
-    rules = load_rule_files(sorted((Path(__file__).parent / "catalogue").glob("*.yaml")), registry)
+    rules = load_rule_files(catalogue_files(), registry)
     url = with_database(args.database_url, f"up_rules_bench_{int(time.time())}")
     now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     migrate(url, load_policy(), timescale_mode="off")
@@ -102,7 +101,7 @@ def main() -> None:
                 ticks.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 for rule in rules:  # baseline: the same readings query, nothing else
-                    devices = _entities(conn, rule, registry)
+                    devices = entities_of(conn, rule, registry)
                     if devices:
                         fetch_series(conn, rule, devices, at.timestamp() - 60, at.timestamp())
                 floors.append(time.perf_counter() - t)

@@ -131,6 +131,16 @@ class RuleFile(_Strict):
     rules: list[Rule] = Field(min_length=1)
 
 
+def catalogue_files() -> list[Path]:
+    """The packaged rule catalogue (rules/catalogue/*.yaml)."""
+    return sorted((Path(__file__).parent / "catalogue").glob("*.yaml"))
+
+
+def rule_test_files() -> list[Path]:
+    """The packaged rule unit tests (rules/tests/*_test.yaml)."""
+    return sorted((Path(__file__).parent / "tests").glob("*_test.yaml"))
+
+
 def load_rule_files(paths: list[Path], registry: Registry) -> list[Rule]:
     """Every rule of the files, checked; ContractError lists every problem with file:line."""
     rules: list[Rule] = []

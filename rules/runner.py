@@ -50,7 +50,7 @@ class PassReport:
         return [r for r in self.rules if r.error]
 
 
-def _entities(
+def entities_of(
     conn: psycopg.Connection[Any], rule: Rule, registry: Registry
 ) -> list[tuple[str, float]]:
     """(device id, declared reporting interval) of the devices the rule reads."""
@@ -119,7 +119,7 @@ def backtest(
     step_s: float = 60.0,
 ) -> list[BacktestAlert]:
     """The alerts a rule would have raised over stored history; nothing is written."""
-    devices = _entities(conn, rule, registry)
+    devices = entities_of(conn, rule, registry)
     if not devices:
         return []
     first, last = since.timestamp(), until.timestamp()
@@ -161,7 +161,7 @@ def evaluate_rule(
     step_s: float,
 ) -> RuleReport:
     report = RuleReport(rule.id)
-    devices = _entities(conn, rule, registry)
+    devices = entities_of(conn, rule, registry)
     report.entities = len(devices)
     if not devices:
         return report

@@ -9,7 +9,7 @@ import pytest
 
 from rules.evaluate import EntitySeries, evaluate, firing, signal_at
 from rules.lifecycle import Signal
-from rules.model import Rule, load_rule_files
+from rules.model import Rule, catalogue_files, load_rule_files, rule_test_files
 from rules.ruletest import run_test_files
 from tests.test_cli import cli
 from urbanpulse.contract.registry import default_registry
@@ -36,11 +36,11 @@ def rule(**over: object) -> Rule:
 
 
 def test_the_packaged_catalogue_checks_and_its_unit_tests_pass() -> None:
-    rules = load_rule_files(sorted((RULES / "catalogue").glob("*.yaml")), REGISTRY)
+    rules = load_rule_files(catalogue_files(), REGISTRY)
     assert {"flood.ponding_15cm", "air.pm25_24h_75", "device.offline", "device.stuck"} <= {
         r.id for r in rules
     }
-    cases, failures = run_test_files(sorted((RULES / "tests").glob("*_test.yaml")), REGISTRY)
+    cases, failures = run_test_files(rule_test_files(), REGISTRY)
     assert cases >= 4 and failures == []
 
 

@@ -7,13 +7,12 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from rules.model import load_rule_files
+from rules.model import catalogue_files, load_rule_files
 from rules.runner import run_pass
 from simulators.run import Plan, generate, make_plan, provision
 from simulators.scenario import load_scenario
@@ -31,7 +30,7 @@ from urbanpulse.db.store import store_batch
 from urbanpulse.settings import load_settings
 
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
-RULES = sorted((Path(__file__).resolve().parents[1] / "rules" / "catalogue").glob("*.yaml"))
+RULES = catalogue_files()
 REGISTRY = default_registry()
 
 

@@ -181,20 +181,17 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
 # --- rules -------------------------------------------------------------------------------------
 
 
-def _rule_paths(files: list[str], folder: str, pattern: str) -> list[Path]:
-    if files:
-        return [Path(f) for f in files]
-    import rules
+def _rule_files(files: list[str]) -> list[Path]:
+    from rules.model import catalogue_files
 
-    base = Path(rules.__file__).parent / folder
-    return sorted(base.glob(pattern))
+    return [Path(f) for f in files] if files else catalogue_files()
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
     from rules.model import load_rule_files
     from urbanpulse.contract.registry import default_registry
 
-    paths = _rule_paths(args.files, "catalogue", "*.yaml")
+    paths = _rule_files(args.files)
     found = load_rule_files(paths, default_registry())
     print(f"{len(found)} rule(s) in {len(paths)} file(s): OK")
     for r in found:
@@ -203,10 +200,11 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
+    from rules.model import rule_test_files
     from rules.ruletest import run_test_files
     from urbanpulse.contract.registry import default_registry
 
-    paths = _rule_paths(args.files, "tests", "*_test.yaml")
+    paths = [Path(f) for f in args.files] if args.files else rule_test_files()
     cases, failures = run_test_files(paths, default_registry())
     for f in failures:
         print(f"FAIL {f.file}: {f.case}: {f.message}")
@@ -226,7 +224,7 @@ def cmd_rules_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     registry = default_registry()
-    found = load_rule_files(_rule_paths(args.files, "catalogue", "*.yaml"), registry)
+    found = load_rule_files(_rule_files(args.files), registry)
     now = datetime.now(UTC)
     since = (
         datetime.fromisoformat(args.since) if args.since else now - timedelta(hours=args.lookback)
@@ -271,9 +269,7 @@ def cmd_rules_backtest(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     registry = default_registry()
-    found = {
-        r.id: r for r in load_rule_files(_rule_paths(args.files, "catalogue", "*.yaml"), registry)
-    }
+    found = {r.id: r for r in load_rule_files(_rule_files(args.files), registry)}
     if args.rule not in found:
         raise UrbanPulseError(f"no rule {args.rule!r}; known: {', '.join(sorted(found))}")
     bounds = []

@@ -108,16 +108,12 @@ def _highlights(conn: Any, since: datetime) -> list[str]:
 
 def _alerts(settings: Settings, start: float, end: float, tz: str) -> list[str]:
     """Run the rule catalogue once over the scenario's span and describe the alerts."""
-    from pathlib import Path
-
-    import rules
-    from rules.model import load_rule_files
+    from rules.model import catalogue_files, load_rule_files
     from rules.runner import run_pass
     from urbanpulse.contract.registry import default_registry
 
     registry = default_registry()
-    files = sorted((Path(rules.__file__).parent / "catalogue").glob("*.yaml"))
-    catalogue = load_rule_files(files, registry)
+    catalogue = load_rule_files(catalogue_files(), registry)
     zone = ZoneInfo(tz)
     with connect(settings.database_url) as conn:
         report = run_pass(
