@@ -8,14 +8,24 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from ingest.service import run_ingest
+from simulators.engine import Message
 from simulators.publisher import Publisher
+from simulators.run import Plan
 from urbanpulse.broker import parse_broker_url
+from urbanpulse.contract import (
+    DeviceRef,
+    InboundMessage,
+    ParseOutcome,
+    default_registry,
+    parse_message,
+)
 from urbanpulse.settings import Settings, load_settings
 
 
@@ -113,3 +123,22 @@ class InThreadIngest:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(timeout=30)
+
+
+def as_ingest(plan: Plan, messages: Iterable[Message]) -> Iterator[tuple[Message, ParseOutcome]]:
+    """Each simulated message with what the real contract makes of it, a minute after the
+    scenario's end (the plan's fleet provisioned, the plan's topic prefix)."""
+    refs = {d.device_id: DeviceRef(d.device_id, d.domain) for d in plan.fleet()}
+    now = datetime.fromtimestamp(plan.end + 60, UTC)
+    registry = default_registry()
+    for m in messages:
+        yield (
+            m,
+            parse_message(
+                InboundMessage(m.topic, m.payload, now),
+                registry=registry,
+                devices=refs,
+                prefix=plan.prefix,
+                now=now,
+            ),
+        )

@@ -16,13 +16,11 @@ from rules.model import catalogue_files, load_rule_files
 from rules.runner import run_pass
 from simulators.run import Plan, generate, make_plan, provision
 from simulators.scenario import load_scenario
+from tests.pipeline import as_ingest
 from tests.services import SERVER_URL, scratch_database
 from urbanpulse.contract import (
-    DeviceRef,
-    InboundMessage,
     Reading,
     default_registry,
-    parse_message,
 )
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
@@ -40,18 +38,9 @@ def load(db_url: str, name: str) -> Plan:
         load_settings(topic_prefix="yc/v1"), load_scenario(name), fast=True, now=NOW.timestamp()
     )
     provision(db_url, plan.fleet())
-    refs = {d.device_id: DeviceRef(d.device_id, d.domain) for d in plan.fleet()}
-    at = datetime.fromtimestamp(plan.end + 60, UTC)
     messages, _ = generate(plan)
     readings: list[Reading] = []
-    for m in messages:
-        got = parse_message(
-            InboundMessage(m.topic, m.payload, at),
-            registry=REGISTRY,
-            devices=refs,
-            prefix="yc/v1",
-            now=at,
-        )
+    for _, got in as_ingest(plan, messages):
         readings.extend(got.readings)
     with psycopg.connect(db_url) as conn:
         for i in range(0, len(readings), 20000):

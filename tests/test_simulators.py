@@ -32,9 +32,9 @@ from simulators.scenario import (
     load_scenario,
     scenario_names,
 )
-from tests.pipeline import InThreadIngest, quarantined, settings_for, stored, wait_until
+from tests.pipeline import InThreadIngest, as_ingest, quarantined, settings_for, stored, wait_until
 from tests.services import Mosquitto
-from urbanpulse.contract import DeviceRef, InboundMessage, default_registry, parse_message
+from urbanpulse.contract import default_registry
 from urbanpulse.db.devices import read_device_file
 from urbanpulse.durations import parse_offset
 from urbanpulse.errors import ConfigError, ContractError
@@ -65,19 +65,9 @@ def decode(
     plan: Plan, messages: Iterable[Message], devices: set[str] | None = None
 ) -> dict[tuple[str, str], Series]:
     """Every reading as ingest would store it (through the real contract), by device and metric."""
-    refs = {d.device_id: DeviceRef(d.device_id, d.domain) for d in plan.fleet()}
-    now = datetime.fromtimestamp(plan.end + 60, UTC)
     out: dict[tuple[str, str], Series] = defaultdict(list)
-    for m in messages:
-        if devices is not None and m.device_id not in devices:
-            continue
-        got = parse_message(
-            InboundMessage(m.topic, m.payload, now),
-            registry=default_registry(),
-            devices=refs,
-            prefix="sim/v1",
-            now=now,
-        )
+    wanted = (m for m in messages if devices is None or m.device_id in devices)
+    for _, got in as_ingest(plan, wanted):
         for r in got.readings:
             out[(r.device_id, r.metric)].append((r.ts.timestamp(), r.value))
     for series in out.values():
@@ -204,17 +194,8 @@ def test_same_seed_same_bytes_and_shards_add_up() -> None:
 def test_what_ingest_would_do_is_what_the_simulator_says(name: str) -> None:
     """Every message parses as the simulator claims: these readings stored, or this reason."""
     plan, messages = messages_of(name)
-    refs = {d.device_id: DeviceRef(d.device_id, d.domain) for d in plan.fleet()}
-    now = datetime.fromtimestamp(plan.end + 60, UTC)
     reasons: Counter[str] = Counter()
-    for m in messages:
-        got = parse_message(
-            InboundMessage(m.topic, m.payload, now),
-            registry=default_registry(),
-            devices=refs,
-            prefix="sim/v1",
-            now=now,
-        )
+    for m, got in as_ingest(plan, messages):
         stored = {(r.metric, round(r.ts.timestamp() * 1000)) for r in got.readings}
         assert stored == set(m.stores) or (m.fault == "duplicate" and not m.stores), m
         if m.quarantine:
