@@ -73,6 +73,8 @@ def signal_at(rule: Rule, series: EntitySeries, t: float) -> Evaluation:
         dt_h = (series.times[hi - 1] - series.times[lo]) / 3600
         per_hour = (series.values[hi - 1] - series.values[lo]) / dt_h
         return Evaluation(when, _compare(rule, per_hour), per_hour)
+    if rule.aggregate == "count":
+        return Evaluation(when, _compare(rule, float(len(values))), float(len(values)))
     if not values:
         return Evaluation(when, Signal.UNKNOWN)
     agg = {

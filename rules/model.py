@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rules.lifecycle import Timing
+from rules.recording import AqiRecord, PondingRecord, Record, WarningRecord
+from urbanpulse.contract.model import Reason
 from urbanpulse.contract.registry import Registry
 from urbanpulse.durations import Duration
 from urbanpulse.errors import ContractError
@@ -56,9 +59,32 @@ class Title(_Strict):
 
 
 class Series(_Strict):
-    metric: str
+    """What a rule reads: a metric of devices (readings), a recorded series (`recorded`), or
+    the messages of devices quarantined for some reasons (`quarantine`, dated by arrival: a
+    rejected message has no measurement time to trust). Each quarantined message counts 1."""
+
+    metric: str | None = None
+    recorded: str | None = None  # the id of a recording rule
+    quarantine: list[Reason] | None = None  # quarantine reasons, e.g. [out_of_range]
     kinds: list[str] | None = None  # device kinds; None: every device with the metric
     where: dict[str, str | int | float | bool] = Field(default_factory=dict)  # attributes
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Series:
+        given = [x for x in (self.metric, self.recorded, self.quarantine) if x is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of metric (readings), recorded (a record id) or quarantine "
+                "(reasons)"
+            )
+        if self.metric is None and (self.kinds is not None or self.where):
+            raise ValueError("kinds and where select the devices of a metric")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The series name rule tests give inputs under (`quarantine` for quarantine rules)."""
+        return self.metric or self.recorded or "quarantine"
 
 
 class Condition(_Strict):
@@ -87,7 +113,8 @@ class Rule(_Strict):
     title: Title
     type: Literal["threshold", "rate", "stuck", "no_data"]
     series: Series
-    aggregate: Literal["last", "mean", "max", "min"] = "last"
+    # count: readings (or quarantined messages) in the window, 0 when there are none
+    aggregate: Literal["last", "mean", "max", "min", "count"] = "last"
     window: Duration = Field(300.0, gt=0)
     condition: Condition | None = None
     tolerance: float = Field(0.0, ge=0)  # stuck: max − min at most this is "flat"
@@ -128,7 +155,22 @@ class Rule(_Strict):
 
 
 class RuleFile(_Strict):
-    rules: list[Rule] = Field(min_length=1)
+    records: list[Record] = Field(default_factory=list)  # recording rules, computed first
+    rules: list[Rule] = Field(default_factory=list)  # alerting rules
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> RuleFile:
+        if not self.records and not self.rules:
+            raise ValueError("a rule file needs records, rules or both")
+        return self
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The records (in dependency order, as written) and alerting rules of some files."""
+
+    records: list[Record] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
 
 
 def catalogue_files() -> list[Path]:
@@ -142,10 +184,19 @@ def rule_test_files() -> list[Path]:
 
 
 def load_rule_files(paths: list[Path], registry: Registry) -> list[Rule]:
-    """Every rule of the files, checked; ContractError lists every problem with file:line."""
+    """Every alerting rule of the files, checked (see load_rules)."""
+    return load_rules(paths, registry).rules
+
+
+def load_rules(paths: list[Path], registry: Registry) -> RuleSet:
+    """Every record and rule of the files, checked; ContractError lists every problem with
+    file:line. A rule may read a record of any of the files; a record may read only records
+    written before it."""
     rules: list[Rule] = []
+    records: list[Record] = []
     problems: list[str] = []
     seen: dict[str, str] = {}
+    rule_paths: dict[str, Path] = {}
     for path in paths:
         try:
             text = path.read_text("utf-8")
@@ -157,13 +208,37 @@ def load_rule_files(paths: list[Path], registry: Registry) -> list[Rule]:
         except ContractError as exc:
             problems.extend(line.strip() for line in str(exc).splitlines()[1:] or [str(exc)])
             continue
+        for rec in parsed.records:
+            if rec.id in seen:
+                problems.append(f"{path}: {rec.id}: id already used in {seen[rec.id]}")
+            if isinstance(rec, WarningRecord):
+                source = next((r for r in records if r.id == rec.aqi), None)
+                if not isinstance(source, AqiRecord) or source.report != "rolling_24h":
+                    problems.append(
+                        f"{path}: {rec.id}: aqi {rec.aqi!r} must be a rolling_24h aqi record "
+                        "written before it"
+                    )
+            seen[rec.id] = str(path)
+            records.append(rec)
         for rule in parsed.rules:
-            if rule.series.metric not in registry.metrics:
-                problems.append(f"{path}: {rule.id}: unknown metric {rule.series.metric!r}")
+            metric = rule.series.metric
+            if metric is not None and metric not in registry.metrics:
+                problems.append(f"{path}: {rule.id}: unknown metric {metric!r}")
             if rule.id in seen:
                 problems.append(f"{path}: {rule.id}: id already used in {seen[rule.id]}")
+            if metric is None and rule.type in ("no_data", "stuck", "rate"):
+                problems.append(f"{path}: {rule.id}: a {rule.type} rule reads device readings")
             seen[rule.id] = str(path)
+            rule_paths[rule.id] = path
             rules.append(rule)
+    series = {r.id for r in records if not isinstance(r, PondingRecord)}
+    for rule in rules:
+        wanted = rule.series.recorded
+        if wanted is not None and wanted not in series:
+            problems.append(
+                f"{rule_paths[rule.id]}: {rule.id}: no record {wanted!r} in the files given "
+                "(add the file that records it)"
+            )
     if problems:
         raise ContractError("invalid rules:\n  " + "\n  ".join(problems))
-    return rules
+    return RuleSet(records, rules)

@@ -104,7 +104,7 @@ def run_case(case: Case, rules: dict[str, Rule]) -> list[str]:
             continue
         series = []
         for s in case.series:
-            if s.metric != rule.series.metric:
+            if s.metric != rule.series.name:
                 continue
             times, values = s.points(start, case.interval)
             series.append(EntitySeries(s.entity, times, values, s.interval_s))

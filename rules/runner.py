@@ -16,13 +16,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from rules.evaluate import EntitySeries, signal_at
 from rules.lifecycle import State, Status, run, step
-from rules.model import Rule
+from rules.model import Rule, RuleSet
+from rules.recording import Record, run_record
 from rules.store import AlertMeta, advance, load_states
 from urbanpulse.contract.registry import Registry
 
@@ -38,6 +40,7 @@ class RuleReport:
     duration_ms: float = 0.0
     error: str | None = None
     watermark: float | None = None  # measurement time evaluated up to (None: failed)
+    record: bool = False  # a recording rule: `evaluations` counts the rows it wrote
 
 
 @dataclass
@@ -53,8 +56,22 @@ class PassReport:
 def entities_of(
     conn: psycopg.Connection[Any], rule: Rule, registry: Registry
 ) -> list[tuple[str, float]]:
-    """(device id, declared reporting interval) of the devices the rule reads."""
-    domain = registry.metrics[rule.series.metric].domain
+    """(entity, declared reporting interval) of what the rule reads: devices with their
+    interval, or the entities of a recorded series (interval 0: no no-data rule on those)."""
+    if rule.series.recorded is not None:
+        found = conn.execute(
+            "SELECT DISTINCT entity FROM recorded WHERE series = %s ORDER BY entity",
+            (rule.series.recorded,),
+        ).fetchall()
+        return [(str(e), 0.0) for (e,) in found]
+    if rule.series.quarantine is not None:
+        found = conn.execute(
+            "SELECT DISTINCT device_id FROM quarantine WHERE reason = ANY(%s) "
+            "AND device_id IS NOT NULL ORDER BY device_id",
+            ([r.value for r in rule.series.quarantine],),
+        ).fetchall()
+        return [(str(e), 0.0) for (e,) in found]
+    domain = registry.metrics[rule.series.name].domain
     rows = conn.execute(
         """
         SELECT device_id, report_interval_s FROM devices
@@ -82,6 +99,12 @@ def fetch_series(
 ) -> dict[str, EntitySeries]:
     """Each device's readings of the rule's metric that evaluations in [first, last] can see."""
     lookback = max(rule.window, rule.missing_intervals * max(i for _, i in devices))
+    if rule.series.recorded is not None:
+        return _fetch_recorded(conn, rule.series.recorded, devices, first - lookback, last)
+    if rule.series.quarantine is not None:
+        return _fetch_quarantined(
+            conn, [r.value for r in rule.series.quarantine], devices, first - lookback, last
+        )
     rows = conn.execute(
         """
         SELECT device_id, extract(epoch FROM ts)::float8, value FROM readings
@@ -97,6 +120,58 @@ def fetch_series(
         s = out[str(device)]
         s.times.append(float(t))
         s.values.append(float(v))
+    return out
+
+
+def _fetch_recorded(
+    conn: psycopg.Connection[Any],
+    series: str,
+    entities: list[tuple[str, float]],
+    after: float,
+    last: float,
+) -> dict[str, EntitySeries]:
+    """A recorded series as the rule sees it: each value at the end of its period."""
+    rows = conn.execute(
+        """
+        SELECT entity, extract(epoch FROM period_end)::float8, value FROM recorded
+         WHERE series = %s AND entity = ANY(%s) AND period_end > to_timestamp(%s)
+           AND period_end <= to_timestamp(%s)
+         ORDER BY entity, period_end
+        """,
+        (series, [e for e, _ in entities], after, last),
+    ).fetchall()
+    conn.commit()
+    out = {e: EntitySeries(e, [], []) for e, _ in entities}
+    for entity, t, v in rows:
+        s = out[str(entity)]
+        s.times.append(float(t))
+        s.values.append(float(v))
+    return out
+
+
+def _fetch_quarantined(
+    conn: psycopg.Connection[Any],
+    reasons: list[str],
+    devices: list[tuple[str, float]],
+    after: float,
+    last: float,
+) -> dict[str, EntitySeries]:
+    """Each device's quarantined messages of those reasons, as 1s at their arrival times."""
+    rows = conn.execute(
+        """
+        SELECT device_id, extract(epoch FROM received_at)::float8 FROM quarantine
+         WHERE reason = ANY(%s) AND device_id = ANY(%s) AND received_at > to_timestamp(%s)
+           AND received_at <= to_timestamp(%s)
+         ORDER BY device_id, received_at
+        """,
+        (reasons, [d for d, _ in devices], after, last),
+    ).fetchall()
+    conn.commit()
+    out = {d: EntitySeries(d, [], []) for d, _ in devices}
+    for device, t in rows:
+        s = out[str(device)]
+        s.times.append(float(t))
+        s.values.append(1.0)
     return out
 
 
@@ -221,23 +296,61 @@ def _health(conn: psycopg.Connection[Any], report: RuleReport) -> None:
             "n": report.evaluations,
         },
     )
+
+
+def record_pass(
+    conn: psycopg.Connection[Any], rec: Record, *, watermark: float, since: float, tz: ZoneInfo
+) -> RuleReport:
+    """Compute a record's periods that ended since its watermark, in one transaction with the
+    new watermark (so a period is written once however many runners there are)."""
+    report = RuleReport(rec.id, record=True)
+    started = time.monotonic()
     conn.commit()
+    try:
+        with conn.transaction():
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"record|{rec.id}",)
+            )
+            row = conn.execute(
+                "SELECT watermark FROM rule_health WHERE rule_id = %s", (rec.id,)
+            ).fetchone()
+            after = row[0].timestamp() if row and row[0] is not None else since
+            if watermark > after:
+                report.evaluations = run_record(conn, rec, after, watermark, tz)
+            report.watermark = max(after, watermark)
+            report.duration_ms = (time.monotonic() - started) * 1000
+            _health(conn, report)
+    except (psycopg.Error, ValueError, ArithmeticError, KeyError) as exc:
+        report = RuleReport(rec.id, error=f"{type(exc).__name__}: {exc}", record=True)
+        log.error("record %s failed: %s", rec.id, report.error)
+        report.duration_ms = (time.monotonic() - started) * 1000
+        _health(conn, report)
+        conn.commit()
+    return report
 
 
 def run_pass(
     conn: psycopg.Connection[Any],
-    rules: list[Rule],
+    rules: RuleSet | list[Rule],
     registry: Registry,
     *,
     now: datetime,
     lateness_s: float,
     since: datetime,
     step_s: float = 60.0,
+    tz: str = "Asia/Shanghai",
 ) -> PassReport:
-    """Evaluate every rule once, up to now − lateness; a failing rule does not stop the rest."""
+    """Compute every record, then evaluate every rule, up to now − lateness; a failing record
+    or rule does not stop the rest."""
+    ruleset = rules if isinstance(rules, RuleSet) else RuleSet([], rules)
     watermark = now.timestamp() - lateness_s
     out = PassReport(datetime.fromtimestamp(watermark, UTC))
-    for rule in rules:
+    zone = ZoneInfo(tz)
+    for rec in ruleset.records:
+        out.rules.append(
+            record_pass(conn, rec, watermark=watermark, since=since.timestamp(), tz=zone)
+        )
+    for rule in ruleset.rules:
         started = time.monotonic()
         try:
             report = evaluate_rule(
@@ -249,23 +362,31 @@ def run_pass(
             log.error("rule %s failed: %s", rule.id, report.error)
         report.duration_ms = (time.monotonic() - started) * 1000
         _health(conn, report)
+        conn.commit()
         out.rules.append(report)
     return out
 
 
 def run_forever(
     conn: psycopg.Connection[Any],
-    rules: list[Rule],
+    rules: RuleSet | list[Rule],
     registry: Registry,
     *,
     interval_s: float,
     lateness_s: float,
     since: datetime,
     stop: threading.Event,
+    tz: str = "Asia/Shanghai",
 ) -> None:
     while not stop.is_set():
         report = run_pass(
-            conn, rules, registry, now=datetime.now(UTC), lateness_s=lateness_s, since=since
+            conn,
+            rules,
+            registry,
+            now=datetime.now(UTC),
+            lateness_s=lateness_s,
+            since=since,
+            tz=tz,
         )
         log.info(
             "rules: %d evaluated up to %s, %d transition(s), %d failing",

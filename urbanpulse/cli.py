@@ -188,14 +188,18 @@ def _rule_files(files: list[str]) -> list[Path]:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    from rules.model import load_rule_files
+    from rules.model import load_rules
     from urbanpulse.contract.registry import default_registry
 
     paths = _rule_files(args.files)
-    found = load_rule_files(paths, default_registry())
-    print(f"{len(found)} rule(s) in {len(paths)} file(s): OK")
-    for r in found:
-        print(f"  {r.id:<24} {r.severity:<8} {r.owner:<8} {r.title.zh}")
+    found = load_rules(paths, default_registry())
+    print(
+        f"{len(found.records)} record(s) and {len(found.rules)} rule(s) in {len(paths)} file(s): OK"
+    )
+    for rec in found.records:
+        print(f"  {rec.id:<26} {'record':<8} {rec.kind:<17} {rec.title.zh}")
+    for r in found.rules:
+        print(f"  {r.id:<26} {r.severity:<8} {r.owner:<17} {r.title.zh}")
     return 0
 
 
@@ -217,14 +221,14 @@ def cmd_rules_run(args: argparse.Namespace) -> int:
     import threading
     from datetime import timedelta
 
-    from rules.model import load_rule_files
+    from rules.model import load_rules
     from rules.runner import run_forever, run_pass
     from urbanpulse.contract.registry import default_registry
     from urbanpulse.db.connect import connect
 
     settings = _settings(args)
     registry = default_registry()
-    found = load_rule_files(_rule_files(args.files), registry)
+    found = load_rules(_rule_files(args.files), registry)
     now = datetime.now(UTC)
     since = (
         datetime.fromisoformat(args.since) if args.since else now - timedelta(hours=args.lookback)
@@ -238,11 +242,25 @@ def cmd_rules_run(args: argparse.Namespace) -> int:
         now = min(now, until + timedelta(seconds=args.lateness))
     with connect(settings.database_url) as conn:
         if args.once:
-            report = run_pass(conn, found, registry, now=now, lateness_s=args.lateness, since=since)
+            report = run_pass(
+                conn,
+                found,
+                registry,
+                now=now,
+                lateness_s=args.lateness,
+                since=since,
+                tz=settings.timezone,
+            )
             for r in report.rules:
                 status = f"FAILED {r.error}" if r.error else "ok"
+                if r.record:
+                    print(
+                        f"  {r.rule_id:<26} record {r.evaluations:>8} rows written"
+                        f"{'':>27}{r.duration_ms:7.0f} ms  {status}"
+                    )
+                    continue
                 print(
-                    f"  {r.rule_id:<24} {r.entities:>6} entities {r.evaluations:>8} evaluations "
+                    f"  {r.rule_id:<26} {r.entities:>6} entities {r.evaluations:>8} evaluations "
                     f"{r.transitions:>5} transitions  {r.duration_ms:7.0f} ms  {status}"
                 )
             print(f"evaluated up to {report.watermark.isoformat(timespec='seconds')}")
@@ -257,6 +275,7 @@ def cmd_rules_run(args: argparse.Namespace) -> int:
             lateness_s=args.lateness,
             since=since,
             stop=stop,
+            tz=settings.timezone,
         )
     return 0
 

@@ -108,12 +108,12 @@ def _highlights(conn: Any, since: datetime) -> list[str]:
 
 def _alerts(settings: Settings, start: float, end: float, tz: str) -> list[str]:
     """Run the rule catalogue once over the scenario's span and describe the alerts."""
-    from rules.model import catalogue_files, load_rule_files
+    from rules.model import catalogue_files, load_rules
     from rules.runner import run_pass
     from urbanpulse.contract.registry import default_registry
 
     registry = default_registry()
-    catalogue = load_rule_files(catalogue_files(), registry)
+    catalogue = load_rules(catalogue_files(), registry)
     zone = ZoneInfo(tz)
     with connect(settings.database_url) as conn:
         report = run_pass(
@@ -123,6 +123,7 @@ def _alerts(settings: Settings, start: float, end: float, tz: str) -> list[str]:
             now=datetime.fromtimestamp(end, UTC),
             lateness_s=0,
             since=datetime.fromtimestamp(start, UTC),
+            tz=tz,
         )
         rows = conn.execute(
             "SELECT rule_id, entity, status, started_at, ended_at, owner FROM alerts "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,11 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How often the device registry is re-read"
     )
     ingest_log_interval_s: float = Field(30.0, gt=0, description="Period of the counters log line")
+    timezone: str = Field(
+        "Asia/Shanghai",
+        description="The city's timezone: local days, months and night hours of the recording "
+        "rules and KPIs",
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus metrics port of a service (0: disabled)"
     )
@@ -79,6 +85,15 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in {"mqtt", "mqtts", "tcp"} or not parts.hostname:
             raise ValueError(f"expected mqtt://host:port, got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (e.g. Asia/Shanghai)") from None
         return value
 
     @field_validator("database_url")
