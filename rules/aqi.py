@@ -70,6 +70,12 @@ class AqiStandard(BaseModel):
         return next(lv for lv in self.levels if lv.max is None or aqi <= lv.max)
 
 
+def standards() -> list[str]:
+    """The names of the AQI standards held as data (rules/standards/<name>.yaml)."""
+    folder = resources.files("rules").joinpath("standards")
+    return sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml"))
+
+
 def load_standard(name: str = "hj633-2012") -> AqiStandard:
     folder = resources.files("rules").joinpath("standards")
     text = folder.joinpath(f"{name}.yaml").read_text("utf-8")

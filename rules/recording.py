@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rules import aqi as hj633
 from rules import periods
@@ -65,6 +65,14 @@ class AqiRecord(_Record):
     # GB 3095-2012 §7 data validity: a 24 h mean needs 20 hourly means, an 8 h mean 6
     min_hours_24h: int = Field(20, ge=1, le=24)
     min_hours_8h: int = Field(6, ge=1, le=8)
+
+    @field_validator("standard")
+    @classmethod
+    def _known_standard(cls, value: str) -> str:
+        known = hj633.standards()
+        if value not in known:
+            raise ValueError(f"no AQI standard {value!r} in rules/standards ({', '.join(known)})")
+        return value
 
 
 class WarningLevel(_Strict):
