@@ -18,8 +18,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rules.kpi import Kpi
 from rules.lifecycle import Timing
-from rules.recording import AqiRecord, PondingRecord, Record, WarningRecord
+from rules.recording import AqiRecord, PondingRecord, Record, WarningRecord, WaterBalanceRecord
 from urbanpulse.contract.model import Reason
 from urbanpulse.contract.registry import Registry
 from urbanpulse.durations import Duration
@@ -157,11 +158,12 @@ class Rule(_Strict):
 class RuleFile(_Strict):
     records: list[Record] = Field(default_factory=list)  # recording rules, computed first
     rules: list[Rule] = Field(default_factory=list)  # alerting rules
+    kpis: list[Kpi] = Field(default_factory=list)  # plan KPIs scored from the records
 
     @model_validator(mode="after")
     def _not_empty(self) -> RuleFile:
-        if not self.records and not self.rules:
-            raise ValueError("a rule file needs records, rules or both")
+        if not self.records and not self.rules and not self.kpis:
+            raise ValueError("a rule file needs records, rules or kpis")
         return self
 
 
@@ -171,6 +173,7 @@ class RuleSet:
 
     records: list[Record] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
+    kpis: list[Kpi] = field(default_factory=list)
 
 
 def catalogue_files() -> list[Path]:
@@ -197,6 +200,7 @@ def load_rules(paths: list[Path], registry: Registry) -> RuleSet:
     problems: list[str] = []
     seen: dict[str, str] = {}
     rule_paths: dict[str, Path] = {}
+    kpis: list[Kpi] = []
     for path in paths:
         try:
             text = path.read_text("utf-8")
@@ -218,6 +222,13 @@ def load_rules(paths: list[Path], registry: Registry) -> RuleSet:
                         f"{path}: {rec.id}: aqi {rec.aqi!r} must be a rolling_24h aqi record "
                         "written before it"
                     )
+            if isinstance(rec, WaterBalanceRecord) and rec.days is not None:
+                source = next((r for r in records if r.id == rec.days), None)
+                if not isinstance(source, WaterBalanceRecord) or source.period != "day":
+                    problems.append(
+                        f"{path}: {rec.id}: days {rec.days!r} must be a day water_balance record "
+                        "written before it"
+                    )
             seen[rec.id] = str(path)
             records.append(rec)
         for rule in parsed.rules:
@@ -231,6 +242,14 @@ def load_rules(paths: list[Path], registry: Registry) -> RuleSet:
             seen[rule.id] = str(path)
             rule_paths[rule.id] = path
             rules.append(rule)
+        for kpi in parsed.kpis:
+            if kpi.id in seen:
+                problems.append(f"{path}: {kpi.id}: id already used in {seen[kpi.id]}")
+            if kpi.owner not in DEPARTMENTS:
+                problems.append(f"{path}: {kpi.id}: {kpi.owner!r} is not a department of the plan")
+            seen[kpi.id] = str(path)
+            rule_paths[kpi.id] = path
+            kpis.append(kpi)
     series = {r.id for r in records if not isinstance(r, PondingRecord)}
     for rule in rules:
         wanted = rule.series.recorded
@@ -239,6 +258,11 @@ def load_rules(paths: list[Path], registry: Registry) -> RuleSet:
                 f"{rule_paths[rule.id]}: {rule.id}: no record {wanted!r} in the files given "
                 "(add the file that records it)"
             )
+    for kpi in kpis:
+        if kpi.recorded is not None and kpi.recorded not in series:
+            problems.append(
+                f"{rule_paths[kpi.id]}: {kpi.id}: no record {kpi.recorded!r} in the files given"
+            )
     if problems:
         raise ContractError("invalid rules:\n  " + "\n  ".join(problems))
-    return RuleSet(records, rules)
+    return RuleSet(records, rules, kpis)

@@ -55,6 +55,8 @@ class _Record(_Strict):
     title: RecordTitle
     unit: str = ""
     source: str = Field("", description="the clause or standard the computation follows")
+    # how long after a period ends to wait for slow meters before computing it once
+    delay: Duration = Field(0.0, ge=0)
 
 
 class AqiRecord(_Record):
@@ -121,6 +123,13 @@ class WaterBalanceRecord(_Record):
     corrections: Corrections = Corrections()
     zones: dict[str, Corrections] = Field(default_factory=dict)  # per-DMA corrections
     min_coverage: float = Field(0.9, gt=0, le=1)
+    days: str | None = Field(None, pattern=ID_PATTERN)  # month: the day record it sums
+
+    @model_validator(mode="after")
+    def _month_sums_days(self) -> WaterBalanceRecord:
+        if (self.period == "month") != (self.days is not None):
+            raise ValueError("a month record sums a day record: give `days` for months only")
+        return self
 
     def corrections_of(self, zone: str) -> Corrections:
         return self.zones.get(zone, self.corrections)
@@ -478,62 +487,108 @@ def water_balance(
     return out
 
 
+def _daily_sums(
+    conn: Conn, rec: WaterBalanceRecord, start: float, end: float
+) -> dict[str, tuple[float, float, int]]:
+    """DMA zone → (Σ inflow, Σ consumption, days) over the days of `rec.days` in [start, end)."""
+    rows = conn.execute(
+        """
+        SELECT entity, sum((detail ->> 'inflow_m3')::float8),
+               sum((detail ->> 'consumption_m3')::float8), count(*)
+          FROM recorded
+         WHERE series = %s AND detail ->> 'level' = 'dma'
+           AND period_start >= %s AND period_end <= %s
+         GROUP BY entity
+        """,
+        (rec.days, _ts(start), _ts(end)),
+    ).fetchall()
+    return {str(z): (float(qs), float(qa), int(n)) for z, qs, qa, n in rows}
+
+
 def record_water_balance(
     conn: Conn, rec: WaterBalanceRecord, ends: list[float], tz: ZoneInfo
 ) -> list[Row]:
+    """A day's balance from the meters; a month's (to date) as the sum of its recorded days,
+    so that a month with missing days still compares inflow and use over the same days."""
     rows: list[Row] = []
     districts = _districts(conn, rec)
     for end in ends:
         day = periods.previous_midnight(end, tz)
         start = day if rec.period == "day" else periods.month_start(day, tz)
-        per_year = 365 * 86400 / (end - start)
-        balances = water_balance(conn, rec, start, end)
-        ok: dict[str, tuple[float, float, float]] = {}  # zone → (Q_s, Q_a, R_BL)
-        for zone, b in sorted(balances.items()):
-            coverage = b.customers / max(1, b.customers + b.customers_missing)
-            if not b.complete or b.inflow <= 0:
-                continue
-            if b.inlet_coverage < rec.min_coverage or coverage < rec.min_coverage:
-                continue
-            r_wl = (b.inflow - b.consumption) / b.inflow * 100
-            terms = rec.corrections_of(zone).terms(b.inflow * per_year)
-            r_bl = r_wl - sum(terms.values())
-            ok[zone] = (b.inflow, b.consumption, r_bl)
-            detail = {
-                "level": "dma",
-                "inflow_m3": round(b.inflow, 3),
-                "consumption_m3": round(b.consumption, 3),
-                "loss_m3": round(b.inflow - b.consumption, 3),
-                "r_wl": round(r_wl, 3),
-                "r_bl": round(r_bl, 3),
-                **{k: round(v, 3) for k, v in terms.items()},
-                "customers": b.customers,
-                "customers_missing": b.customers_missing,
-                "inlet_coverage": round(b.inlet_coverage, 3),
-            }
-            value = r_wl if rec.value == "gross" else r_bl
-            rows.append(Row(rec.id, zone, start, end, value, detail))
-        by_district: dict[str, list[str]] = defaultdict(list)
-        for zone, district in districts.items():
-            by_district[district].append(zone)
-        for district, zones in sorted(by_district.items()):
-            if not all(z in ok for z in zones):
-                continue  # a district's rate needs every one of its DMAs
-            q_s = sum(ok[z][0] for z in zones)
-            q_a = sum(ok[z][1] for z in zones)
-            r_wl = (q_s - q_a) / q_s * 100
-            r_bl = sum(ok[z][2] * ok[z][0] for z in zones) / q_s  # supply-weighted (CJJ 92 5.3.3)
-            detail = {
-                "level": "district",
-                "dmas": sorted(zones),
-                "inflow_m3": round(q_s, 3),
-                "consumption_m3": round(q_a, 3),
-                "loss_m3": round(q_s - q_a, 3),
-                "r_wl": round(r_wl, 3),
-                "r_bl": round(r_bl, 3),
-            }
-            value = r_wl if rec.value == "gross" else r_bl
-            rows.append(Row(rec.id, district, start, end, value, detail))
+        sums: dict[str, tuple[float, float, dict[str, Any]]] = {}  # zone → Q_s, Q_a, detail
+        if rec.period == "month":
+            for zone, (q_s, q_a, days) in _daily_sums(conn, rec, start, end).items():
+                sums[zone] = (q_s, q_a, {"days": days})
+        else:
+            for zone, b in sorted(water_balance(conn, rec, start, end).items()):
+                coverage = b.customers / max(1, b.customers + b.customers_missing)
+                if not b.complete or b.inflow <= 0:
+                    continue
+                if b.inlet_coverage < rec.min_coverage or coverage < rec.min_coverage:
+                    continue
+                sums[zone] = (
+                    b.inflow,
+                    b.consumption,
+                    {
+                        "customers": b.customers,
+                        "customers_missing": b.customers_missing,
+                        "inlet_coverage": round(b.inlet_coverage, 3),
+                    },
+                )
+        rows.extend(_rates(rec, sums, districts, start, end))
+    return rows
+
+
+def _rates(
+    rec: WaterBalanceRecord,
+    sums: dict[str, tuple[float, float, dict[str, Any]]],
+    districts: dict[str, str],
+    start: float,
+    end: float,
+) -> list[Row]:
+    """R_WL and R_BL per DMA, and per district (the supply-weighted R_BL of CJJ 92 5.3.3)."""
+    rows: list[Row] = []
+    ok: dict[str, tuple[float, float, float]] = {}  # zone → (Q_s, Q_a, R_BL)
+    for zone, (q_s, q_a, extra) in sorted(sums.items()):
+        if q_s <= 0:
+            continue
+        days = float(extra.get("days", 1)) if rec.period == "month" else 1.0
+        r_wl = (q_s - q_a) / q_s * 100
+        terms = rec.corrections_of(zone).terms(q_s * 365 / days)
+        r_bl = r_wl - sum(terms.values())
+        ok[zone] = (q_s, q_a, r_bl)
+        detail = {
+            "level": "dma",
+            "inflow_m3": round(q_s, 3),
+            "consumption_m3": round(q_a, 3),
+            "loss_m3": round(q_s - q_a, 3),
+            "r_wl": round(r_wl, 3),
+            "r_bl": round(r_bl, 3),
+            **{k: round(v, 3) for k, v in terms.items()},
+            **extra,
+        }
+        rows.append(Row(rec.id, zone, start, end, r_wl if rec.value == "gross" else r_bl, detail))
+    by_district: dict[str, list[str]] = defaultdict(list)
+    for zone, district in districts.items():
+        by_district[district].append(zone)
+    for district, zones in sorted(by_district.items()):
+        if not all(z in ok for z in zones):
+            continue  # a district's rate needs every one of its DMAs
+        q_s = sum(ok[z][0] for z in zones)
+        q_a = sum(ok[z][1] for z in zones)
+        r_wl = (q_s - q_a) / q_s * 100
+        r_bl = sum(ok[z][2] * ok[z][0] for z in zones) / q_s
+        detail = {
+            "level": "district",
+            "dmas": sorted(zones),
+            "inflow_m3": round(q_s, 3),
+            "consumption_m3": round(q_a, 3),
+            "loss_m3": round(q_s - q_a, 3),
+            "r_wl": round(r_wl, 3),
+            "r_bl": round(r_bl, 3),
+        }
+        value = r_wl if rec.value == "gross" else r_bl
+        rows.append(Row(rec.id, district, start, end, value, detail))
     return rows
 
 

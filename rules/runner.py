@@ -22,6 +22,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from rules.evaluate import EntitySeries, signal_at
+from rules.kpi import Kpi
+from rules.kpi import refresh as refresh_kpi
 from rules.lifecycle import State, Status, run, step
 from rules.model import Rule, RuleSet
 from rules.recording import Record, run_record
@@ -236,6 +238,15 @@ def evaluate_rule(
     step_s: float,
 ) -> RuleReport:
     report = RuleReport(rule.id)
+    if rule.series.recorded is not None:
+        # evaluate only as far as the record covers: a period still to be computed (its
+        # meters may be late) must not read as no data
+        row = conn.execute(
+            "SELECT watermark FROM rule_health WHERE rule_id = %s", (rule.series.recorded,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return report
+        watermark = min(watermark, row[0].timestamp())
     devices = entities_of(conn, rule, registry)
     report.entities = len(devices)
     if not devices:
@@ -315,14 +326,44 @@ def record_pass(
                 "SELECT watermark FROM rule_health WHERE rule_id = %s", (rec.id,)
             ).fetchone()
             after = row[0].timestamp() if row and row[0] is not None else since
-            if watermark > after:
-                report.evaluations = run_record(conn, rec, after, watermark, tz)
-            report.watermark = max(after, watermark)
+            upto = watermark - rec.delay  # periods ended by then are computed, once
+            if upto > after:
+                report.evaluations = run_record(conn, rec, after, upto, tz)
+            report.watermark = max(after, upto)  # what the record covers
             report.duration_ms = (time.monotonic() - started) * 1000
             _health(conn, report)
     except (psycopg.Error, ValueError, ArithmeticError, KeyError) as exc:
         report = RuleReport(rec.id, error=f"{type(exc).__name__}: {exc}", record=True)
         log.error("record %s failed: %s", rec.id, report.error)
+        report.duration_ms = (time.monotonic() - started) * 1000
+        _health(conn, report)
+        conn.commit()
+    return report
+
+
+def kpi_pass(
+    conn: psycopg.Connection[Any], kpi: Kpi, *, watermark: float, since: float, tz: ZoneInfo
+) -> RuleReport:
+    """Score a KPI's periods from the one its watermark is in up to the watermark (a period
+    still running is rescored on every pass)."""
+    report = RuleReport(f"kpi:{kpi.id}", record=True)
+    started = time.monotonic()
+    conn.commit()
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (report.rule_id,))
+            row = conn.execute(
+                "SELECT watermark FROM rule_health WHERE rule_id = %s", (report.rule_id,)
+            ).fetchone()
+            after = row[0].timestamp() if row and row[0] is not None else since
+            if watermark > after:
+                report.evaluations = refresh_kpi(conn, kpi, after=after, upto=watermark, tz=tz)
+            report.watermark = max(after, watermark)
+            report.duration_ms = (time.monotonic() - started) * 1000
+            _health(conn, report)
+    except (psycopg.Error, ValueError, ArithmeticError, KeyError) as exc:
+        report = RuleReport(report.rule_id, error=f"{type(exc).__name__}: {exc}", record=True)
+        log.error("KPI %s failed: %s", kpi.id, report.error)
         report.duration_ms = (time.monotonic() - started) * 1000
         _health(conn, report)
         conn.commit()
@@ -350,6 +391,8 @@ def run_pass(
         out.rules.append(
             record_pass(conn, rec, watermark=watermark, since=since.timestamp(), tz=zone)
         )
+    for kpi in ruleset.kpis:
+        out.rules.append(kpi_pass(conn, kpi, watermark=watermark, since=since.timestamp(), tz=zone))
     for rule in ruleset.rules:
         started = time.monotonic()
         try:

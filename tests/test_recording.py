@@ -134,7 +134,11 @@ def test_water_balance_per_dma_and_district_with_cjj92_corrections(conn: Conn) -
     assert isinstance(rbl, WaterBalanceRecord)
     # DMA-A: half of its supply is household-metered residential use: R1 = 0.08 × 0.5 = 4 %
     rbl = rbl.model_copy(update={"zones": {"DMA-A": Corrections(residential_share=0.5)}})
-    run(conn, [record("water.rwl_day"), rbl, record("water.rbl_month")], DAY0 + timedelta(days=2))
+    records = [record("water.rwl_day"), rbl, record("water.rbl_month")]
+    run(conn, records, DAY0 + timedelta(days=2))
+    # the second day waits an hour after midnight for late customer meters
+    assert {s for _, s, *_ in recorded(conn, "water.rwl_day")} == {DAY0}
+    run(conn, records, DAY0 + timedelta(days=2, hours=1))
     gross = {(e, s): round(v, 6) for e, s, _, v, _ in recorded(conn, "water.rwl_day")}
     day1 = DAY0 + timedelta(days=1)
     assert gross == {
@@ -164,7 +168,7 @@ def test_a_dma_with_a_silent_customer_meter_gets_no_rate(conn: Conn) -> None:
         "DELETE FROM readings WHERE device_id = 'c-a2' AND ts > %s", (DAY0 + timedelta(hours=12),)
     )
     conn.commit()
-    run(conn, [record("water.rwl_day")], DAY0 + timedelta(days=1))
+    run(conn, [record("water.rwl_day")], DAY0 + timedelta(days=1, hours=1))
     # half of DMA-A's customers are unknown: no rate for DMA-A, nor for district D
     assert [e for e, *_ in recorded(conn, "water.rwl_day")] == ["DMA-B"]
 

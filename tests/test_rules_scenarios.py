@@ -135,7 +135,7 @@ def test_a_second_pass_adds_nothing_and_health_is_recorded(db_url: str) -> None:
             "WHERE a.rule_id = 'flood.ponding_15cm'"
         ).fetchone()
     catalogue = load_rules(RULES, REGISTRY)
-    assert len(health) == len(catalogue.rules) + len(catalogue.records)
+    assert len(health) == len(catalogue.rules) + len(catalogue.records) + len(catalogue.kpis)
     assert all(err is None and fails == 0 for _, err, fails in health)
     assert events == (3 * 3,)  # pending, firing, resolved for each of the three points
 

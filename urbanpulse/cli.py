@@ -194,12 +194,15 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     paths = _rule_files(args.files)
     found = load_rules(paths, default_registry())
     print(
-        f"{len(found.records)} record(s) and {len(found.rules)} rule(s) in {len(paths)} file(s): OK"
+        f"{len(found.records)} record(s), {len(found.rules)} rule(s) and {len(found.kpis)} KPI(s) "
+        f"in {len(paths)} file(s): OK"
     )
     for rec in found.records:
-        print(f"  {rec.id:<26} {'record':<8} {rec.kind:<17} {rec.title.zh}")
+        print(f"  {rec.id:<30} {'record':<8} {rec.kind:<17} {rec.title.zh}")
     for r in found.rules:
-        print(f"  {r.id:<26} {r.severity:<8} {r.owner:<17} {r.title.zh}")
+        print(f"  {r.id:<30} {r.severity:<8} {r.owner:<17} {r.title.zh}")
+    for k in found.kpis:
+        print(f"  {k.id:<30} {'kpi':<8} {k.owner:<17} {k.title.zh}")
     return 0
 
 
@@ -314,6 +317,58 @@ def cmd_rules_backtest(args: argparse.Namespace) -> int:
         peak = f"{a.peak:g}" if a.peak is not None else "-"
         print(f"  {a.entity:<20} {a.started_at.isoformat(timespec='minutes')} → {end}  peak {peak}")
     print(f"{rule.id}: {len(raised)} alert(s) would have been raised (nothing was written)")
+    return 0
+
+
+def cmd_rules_kpi(args: argparse.Namespace) -> int:
+    import json
+
+    from rules.kpi import scorecard
+    from rules.model import load_rules
+    from urbanpulse.contract.registry import default_registry
+    from urbanpulse.db.connect import connect
+
+    settings = _settings(args)
+    found = load_rules(_rule_files(args.files), default_registry())
+    with connect(settings.database_url) as conn:
+        lines = scorecard(conn, found.kpis, history=args.history)
+    if args.json:
+        out = [
+            {
+                "kpi": ln.kpi.id,
+                "title": ln.kpi.title.model_dump(),
+                "clause": ln.kpi.clause,
+                "owner": ln.kpi.owner,
+                "unit": ln.kpi.unit,
+                "entity": ln.entity,
+                "period": ln.kpi.period,
+                "period_start": ln.period_start.isoformat(),
+                "value": ln.value,
+                "target": ln.kpi.target.model_dump(),
+                "compliant": ln.compliant,
+                "previous": ln.previous,
+                "trend": ln.trend,
+                "history": [
+                    {"period_start": d.isoformat(), "value": v, "compliant": c}
+                    for d, v, c in ln.history
+                ],
+            }
+            for ln in lines
+        ]
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    if not lines:
+        print("no KPI scored yet: run `urbanpulse rules run` first")
+        return 0
+    mark = {True: "met", False: "NOT MET", None: "-"}
+    for ln in lines:
+        t = ln.kpi.target
+        target = f"{t.op} {t.value:g}" if t.op and t.value is not None else f"{t.better} is better"
+        value = "-" if ln.value is None else f"{ln.value:.2f}"
+        print(
+            f"  {ln.kpi.id:<30} {ln.entity:<14} {ln.period_start.isoformat()}  {value:>8} "
+            f"{ln.kpi.unit:<6} target {target:<18} {mark[ln.compliant]:<8} {ln.trend}"
+        )
     return 0
 
 
@@ -525,6 +580,13 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--threshold", type=float, help="try another threshold")
     bt.add_argument("--files", nargs="*", default=[], metavar="FILE", help="rule files")
     bt.set_defaults(func=cmd_rules_backtest)
+    kp = rsub.add_parser(
+        "kpi", help="the plan KPI scorecard (as scored by the last `rules run` pass)"
+    )
+    kp.add_argument("--history", type=int, default=6, help="periods of history to show")
+    kp.add_argument("--json", action="store_true", help="machine-readable output")
+    kp.add_argument("--files", nargs="*", default=[], metavar="FILE", help="rule files")
+    kp.set_defaults(func=cmd_rules_kpi)
 
     ing = sub.add_parser("ingest", help="run an ingest worker (MQTT → database)")
     ing.add_argument(

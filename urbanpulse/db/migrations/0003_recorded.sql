@@ -39,7 +39,7 @@ CREATE TABLE kpi_values (
     period       text NOT NULL CHECK (period IN ('day', 'month', 'year')),
     period_start date NOT NULL,             -- local calendar date the period begins
     value        double precision,
-    target       double precision NOT NULL,
+    target       double precision,          -- NULL: the plan sets a direction, not a number
     compliant    boolean,                   -- NULL: not enough data to judge
     detail       jsonb NOT NULL DEFAULT '{}'::jsonb,
     computed_at  timestamptz NOT NULL DEFAULT now(),
