@@ -121,6 +121,9 @@ class Rule(_Strict):
     tolerance: float = Field(0.0, ge=0)  # stuck: max − min at most this is "flat"
     min_points: int = Field(3, ge=2)  # stuck: readings needed in the window
     missing_intervals: float = Field(3.0, gt=0)  # no_data: silent this many intervals
+    # no_data: measurement time (a gap in the data) or arrival time (nothing is coming in now,
+    # even if a backlog later fills the gap)
+    clock: Literal["measurement", "arrival"] = "measurement"
     for_: Duration = Field(0.0, alias="for")
     keep_firing_for: Duration = 0.0
     flap_window: Duration = 0.0
@@ -146,6 +149,8 @@ class Rule(_Strict):
             raise ValueError(f"a {self.type} rule needs a condition")
         if self.type in ("stuck", "no_data") and self.condition is not None:
             raise ValueError(f"a {self.type} rule has no condition")
+        if self.clock == "arrival" and self.type != "no_data":
+            raise ValueError("clock: arrival is for no_data rules")
         return self
 
     @property

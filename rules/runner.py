@@ -32,6 +32,8 @@ from urbanpulse.contract.registry import Registry
 
 log = logging.getLogger(__name__)
 
+ARRIVAL_HORIZON_S = 2 * 86400.0
+
 
 @dataclass
 class RuleReport:
@@ -107,15 +109,34 @@ def fetch_series(
         return _fetch_quarantined(
             conn, [r.value for r in rule.series.quarantine], devices, first - lookback, last
         )
-    rows = conn.execute(
-        """
-        SELECT device_id, extract(epoch FROM ts)::float8, value FROM readings
-         WHERE metric = %s AND device_id = ANY(%s) AND ts > to_timestamp(%s)
-           AND ts <= to_timestamp(%s)
-         ORDER BY device_id, ts
-        """,
-        (rule.series.metric, [d for d, _ in devices], first - lookback, last),
-    ).fetchall()
+    if rule.clock == "arrival":
+        # when readings arrived; a reading measured over ARRIVAL_HORIZON before it arrived
+        # is too old to say the device is alive now
+        rows = conn.execute(
+            """
+            SELECT device_id, extract(epoch FROM ingested_at)::float8, value FROM readings
+             WHERE metric = %s AND device_id = ANY(%s) AND ingested_at > to_timestamp(%s)
+               AND ingested_at <= to_timestamp(%s) AND ts > to_timestamp(%s)
+             ORDER BY device_id, ingested_at
+            """,
+            (
+                rule.series.metric,
+                [d for d, _ in devices],
+                first - lookback,
+                last,
+                first - lookback - ARRIVAL_HORIZON_S,
+            ),
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            """
+            SELECT device_id, extract(epoch FROM ts)::float8, value FROM readings
+             WHERE metric = %s AND device_id = ANY(%s) AND ts > to_timestamp(%s)
+               AND ts <= to_timestamp(%s)
+             ORDER BY device_id, ts
+            """,
+            (rule.series.metric, [d for d, _ in devices], first - lookback, last),
+        ).fetchall()
     conn.commit()
     out = {d: EntitySeries(d, [], [], interval) for d, interval in devices}
     for device, t, v in rows:

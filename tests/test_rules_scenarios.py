@@ -34,26 +34,37 @@ REGISTRY = default_registry()
 
 def load(db_url: str, name: str) -> Plan:
     """The scenario's readings and quarantined messages stored as ingest would store them (no
-    broker needed here); a message is received when the simulator sends it."""
+    broker needed here): a message arrives when the simulator sends it, and a reading sent
+    twice keeps its first arrival."""
     plan = make_plan(
         load_settings(topic_prefix="yc/v1"), load_scenario(name), fast=True, now=NOW.timestamp()
     )
     provision(db_url, plan.fleet())
     messages, _ = generate(plan)
-    readings: list[Reading] = []
+    first: dict[tuple[str, str, datetime], tuple[datetime, Reading]] = {}
     rejected: list[QuarantineEntry] = []
     for m, got in as_ingest(plan, messages):
-        readings.extend(got.readings)
+        received = datetime.fromtimestamp(m.sent_at, UTC)
+        for r in got.readings:
+            key = (r.device_id, r.metric, r.ts)
+            if key not in first or received < first[key][0]:
+                first[key] = (received, r)
         if got.rejections:
-            received = datetime.fromtimestamp(m.sent_at, UTC)
             rejected.append(
                 QuarantineEntry(
                     m.topic, m.payload, received, got.rejections, got.device_id, len(got.readings)
                 )
             )
     with psycopg.connect(db_url) as conn:
-        for i in range(0, len(readings), 20000):
-            store_batch(conn, readings[i : i + 20000], [])
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY readings (device_id, metric, ts, value, ingested_at) FROM STDIN"
+            ) as copy,
+        ):
+            for received, r in first.values():
+                copy.write_row((r.device_id, r.metric, r.ts, r.value, received))
+        conn.commit()
         store_batch(conn, [], rejected)
     return plan
 
