@@ -87,6 +87,7 @@ class HoursAbove(_Strict):
 class PondingPoints(_Strict):
     kind: Literal["ponding_points"]
     carriageway_only: bool = False
+    record: str = Field("flood.ponding_events", pattern=ID_PATTERN)  # the events' record
 
 
 Measure = Annotated[Latest | DaysWhere | HoursAbove | PondingPoints, Field(discriminator="kind")]
@@ -106,6 +107,12 @@ class Kpi(_Strict):
     @property
     def recorded(self) -> str | None:
         return None if isinstance(self.measure, PondingPoints) else self.measure.recorded
+
+    @property
+    def source(self) -> str:
+        """The record the KPI is scored from (it is scored as far as that record covers)."""
+        m = self.measure
+        return m.record if isinstance(m, PondingPoints) else m.recorded
 
 
 def period_bounds(kpi: Kpi, day: date, tz: ZoneInfo) -> tuple[date, float, float]:

@@ -263,10 +263,11 @@ def load_rules(paths: list[Path], registry: Registry) -> RuleSet:
                 f"{rule_paths[rule.id]}: {rule.id}: no record {wanted!r} in the files given "
                 "(add the file that records it)"
             )
+    all_records = {r.id for r in records}
     for kpi in kpis:
-        if kpi.recorded is not None and kpi.recorded not in series:
+        if kpi.source not in all_records:
             problems.append(
-                f"{rule_paths[kpi.id]}: {kpi.id}: no record {kpi.recorded!r} in the files given"
+                f"{rule_paths[kpi.id]}: {kpi.id}: no record {kpi.source!r} in the files given"
             )
     if problems:
         raise ContractError("invalid rules:\n  " + "\n  ".join(problems))

@@ -171,6 +171,8 @@ class OccupancyRecord(_Record):
 
 
 class PondingRecord(_Record):
+    """Not a series: writes the table ponding_events."""
+
     kind: Literal["ponding_events"]
     threshold_cm: float = Field(15.0, gt=0)
     kinds: list[str] = Field(default_factory=lambda: ["depth_gauge"])
@@ -836,6 +838,15 @@ def period_ends(rec: Record, after: float, upto: float, tz: ZoneInfo) -> list[fl
     if isinstance(rec, OccupancyRecord):
         return periods.every(rec.period, after, upto)
     return []
+
+
+def covered(rec: Record, after: float, upto: float, tz: ZoneInfo) -> float:
+    """How far the record covers once its periods ended in (after, upto] are computed: the end
+    of the last of them (nothing more can be known before the next one ends); events, upto."""
+    if isinstance(rec, PondingRecord):
+        return max(after, upto)
+    ends = period_ends(rec, after, upto, tz)
+    return ends[-1] if ends else after
 
 
 def compute(conn: Conn, rec: Record, after: float, upto: float, tz: ZoneInfo) -> list[Row]:

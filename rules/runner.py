@@ -26,7 +26,7 @@ from rules.kpi import Kpi
 from rules.kpi import refresh as refresh_kpi
 from rules.lifecycle import State, Status, run, step
 from rules.model import Rule, RuleSet
-from rules.recording import Record, run_record
+from rules.recording import Record, covered, run_record
 from rules.store import AlertMeta, advance, load_states
 from urbanpulse.contract.registry import Registry
 
@@ -350,7 +350,8 @@ def record_pass(
             upto = watermark - rec.delay  # periods ended by then are computed, once
             if upto > after:
                 report.evaluations = run_record(conn, rec, after, upto, tz)
-            report.watermark = max(after, upto)  # what the record covers
+            # what the record covers: rules and KPIs reading it go no further
+            report.watermark = covered(rec, after, upto, tz)
             report.duration_ms = (time.monotonic() - started) * 1000
             _health(conn, report)
     except (psycopg.Error, ValueError, ArithmeticError, KeyError) as exc:
@@ -377,9 +378,13 @@ def kpi_pass(
                 "SELECT watermark FROM rule_health WHERE rule_id = %s", (report.rule_id,)
             ).fetchone()
             after = row[0].timestamp() if row and row[0] is not None else since
-            if watermark > after:
-                report.evaluations = refresh_kpi(conn, kpi, after=after, upto=watermark, tz=tz)
-            report.watermark = max(after, watermark)
+            source = conn.execute(
+                "SELECT watermark FROM rule_health WHERE rule_id = %s", (kpi.source,)
+            ).fetchone()
+            upto = min(watermark, source[0].timestamp()) if source and source[0] else after
+            if upto > after:  # only when its record has moved on
+                report.evaluations = refresh_kpi(conn, kpi, after=after, upto=upto, tz=tz)
+            report.watermark = max(after, upto)
             report.duration_ms = (time.monotonic() - started) * 1000
             _health(conn, report)
     except (psycopg.Error, ValueError, ArithmeticError, KeyError) as exc:

@@ -41,7 +41,17 @@ def put(
     )
 
 
-def score(conn: Conn, kpis: list[Kpi], now: datetime, since: datetime) -> None:
+def score(
+    conn: Conn, kpis: list[Kpi], now: datetime, since: datetime, covered: bool = True
+) -> None:
+    """Score the KPIs, their records having been computed up to `now` (unless not covered)."""
+    if covered:
+        for kpi in kpis:
+            conn.execute(
+                "INSERT INTO rule_health (rule_id, watermark) VALUES (%s, %s) "
+                "ON CONFLICT (rule_id) DO UPDATE SET watermark = EXCLUDED.watermark",
+                (kpi.source, now),
+            )
     conn.commit()
     report = run_pass(
         conn, RuleSet([], [], kpis), REGISTRY, now=now, lateness_s=0, since=since, tz=TZ.key
@@ -95,6 +105,9 @@ def test_leakage_month_history_previous_and_trend(conn: Conn) -> None:
     for month, value in ((10, 12.5), (11, 8.0)):
         start = local(2026, month, 1)
         put(conn, "water.rbl_month", "中心城区", start, start + timedelta(days=20), value)
+    # nothing is scored beyond what its record covers (here: not computed at all yet)
+    score(conn, [kpi], local(2026, 11, 25), since=local(2026, 10, 1), covered=False)
+    assert scorecard(conn, [kpi]) == []
     score(conn, [kpi], local(2026, 11, 25), since=local(2026, 10, 1))
     [line] = scorecard(conn, [kpi])
     assert (line.entity, line.period_start, line.value) == ("中心城区", date(2026, 11, 1), 8.0)
