@@ -106,8 +106,10 @@ def _highlights(conn: Any, since: datetime) -> list[str]:
     return out
 
 
-def _alerts(settings: Settings, start: float, end: float, tz: str) -> list[str]:
-    """Run the rule catalogue once over the scenario's span and describe the alerts."""
+def _alerts(settings: Settings, start: float, end: float, tz: str) -> tuple[list[str], list[str]]:
+    """Run the rule catalogue once over the scenario's span; describe the alerts and the plan
+    KPIs of the whole city (and every entity that misses its target)."""
+    from rules.kpi import CITY, scorecard
     from rules.model import catalogue_files, load_rules
     from rules.runner import run_pass
     from urbanpulse.contract.registry import default_registry
@@ -131,6 +133,19 @@ def _alerts(settings: Settings, start: float, end: float, tz: str) -> list[str]:
             "ORDER BY started_at, rule_id, entity",
             (start,),
         ).fetchall()
+        scores = scorecard(conn, catalogue.kpis, history=1)
+    kpis = []
+    for sc in scores:
+        if sc.entity != CITY and sc.compliant is not False:
+            continue
+        t = sc.kpi.target
+        target = f"target {t.op} {t.value:g}" if t.op and t.value is not None else t.better
+        value = "-" if sc.value is None else f"{sc.value:.1f}"
+        verdict = {True: "met", False: "NOT MET", None: ""}[sc.compliant]
+        kpis.append(
+            f"{sc.kpi.title.zh:<24} {sc.entity:<10} {value:>6} {sc.kpi.unit:<6} {target:<14} "
+            f"{verdict}"
+        )
 
     def local(t: object) -> str:
         return t.astimezone(zone).strftime("%m-%d %H:%M") if isinstance(t, datetime) else "?"
@@ -140,7 +155,7 @@ def _alerts(settings: Settings, start: float, end: float, tz: str) -> list[str]:
         until = f" → {local(ended)}" if isinstance(ended, datetime) else " (firing)"
         lines.append(f"{rule:<24} {entity:<18} {local(started)}{until:<15}  {owner}")
     lines += [f"rule {r.rule_id} failed: {r.error}" for r in report.failed]
-    return lines or ["(none)"]
+    return lines or ["(none)"], kpis or ["(none scored)"]
 
 
 def demo_database(url: str) -> str:
@@ -298,12 +313,18 @@ def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> 
     if outcome is not None and not interrupted:
         _say("")
         _say("Alerts raised by the rule catalogue over the simulated days:")
-        for line in _alerts(settings, plan.start, plan.end, plan.city.timezone):
+        alert_lines, kpi_lines = _alerts(settings, plan.start, plan.end, plan.city.timezone)
+        for line in alert_lines:
+            _say(f"  {line}")
+        _say("")
+        _say("Plan KPIs (全区, and every place that misses its target):")
+        for line in kpi_lines:
             _say(f"  {line}")
     _say("")
     _say("Where to look next:")
     _say("  urbanpulse devices list              devices with their last reading")
     _say("  urbanpulse quarantine list           what was refused, by reason")
+    _say("  urbanpulse rules kpi                 the plan KPI scorecard with its history")
     _say("  urbanpulse simulate --list           the other scenarios")
     _say(f"  psql {settings.database_url} -c 'SELECT * FROM readings ORDER BY ts DESC LIMIT 20'")
     _say("  docs/simulators.md                   what each scenario does and should raise")
