@@ -181,12 +181,12 @@ def test_two_rules_run_processes_never_duplicate_an_alert(db_url: str) -> None:
             "SELECT count(*), count(DISTINCT (series, entity, period_start)) FROM recorded"
         ).fetchone()
     assert sorted((r, e) for r, e, _ in rows) == [
-        ("flood.ponding_15cm", "fl-fhh-underpass"),
-        ("flood.ponding_15cm", "fl-lc-honghe"),
-        ("flood.ponding_15cm", "fl-lc-zhongshan"),
+        (rule, point)
+        for rule in ("flood.depth_rising", "flood.ponding_15cm")
+        for point in ("fl-fhh-underpass", "fl-lc-honghe", "fl-lc-zhongshan")
     ]
     assert all(n == 1 for _, _, n in rows)
-    assert events == (9, 9)
+    assert events == (18, 18)  # pending, firing, resolved of each
     assert records is not None and records[0] == records[1] > 0
 
 
