@@ -6,7 +6,8 @@ machine turns that into inactive → pending → firing → resolved, with:
 
 - `for_s`: a breach must last this long (in measurement time) before firing; the alert's
   start is the time the breach began, taken from the data, not the time it was noticed;
-- hysteresis: between the clear and the breach thresholds nothing changes;
+- hysteresis: between the clear and the breach thresholds a firing alert stays firing (a
+  pending one goes back to inactive: the breach did not last `for`);
 - `keep_firing_for_s`: a clear must last this long before resolving; the alert's end is the
   time the clear began;
 - flapping: an alert that resolved and fired again `flap_count` times within `flap_window_s`
@@ -89,6 +90,11 @@ def step(prev: State, ev: Evaluation, timing: Timing) -> tuple[State, list[Trans
     out: list[Transition] = []
     status = st.status
 
+    if ev.signal is Signal.BAND and status is Status.PENDING:
+        # not a breach: the breach has not lasted `for` (hysteresis holds firing alerts only)
+        st = replace(st, status=Status.INACTIVE, breach_since=None, value=None)
+        out.append(Transition(Status.PENDING, Status.INACTIVE, ev.at, ev.value))
+        return st, out
     if ev.signal in (Signal.UNKNOWN, Signal.BAND):
         if status is Status.FIRING and ev.signal is Signal.BAND:
             st = replace(st, clear_since=None)  # back in the band: the clear run is broken

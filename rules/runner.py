@@ -24,15 +24,16 @@ from psycopg.types.json import Jsonb
 from rules.evaluate import EntitySeries, signal_at
 from rules.kpi import Kpi
 from rules.kpi import refresh as refresh_kpi
-from rules.lifecycle import State, Status, run, step
+from rules.lifecycle import Evaluation, State, Status, run, step
 from rules.model import Rule, RuleSet
 from rules.recording import Record, covered, run_record
-from rules.store import AlertMeta, advance, load_states
+from rules.store import AlertMeta, advance_many, load_states
 from urbanpulse.contract.registry import Registry
 
 log = logging.getLogger(__name__)
 
 ARRIVAL_HORIZON_S = 2 * 86400.0
+BATCH = 500  # entities advanced per transaction
 
 
 @dataclass
@@ -287,6 +288,7 @@ def evaluate_rule(
         return report
     series = fetch_series(conn, rule, devices, earliest, watermark)
     meta = AlertMeta(rule.id, rule.severity, rule.owner, rule.labels)
+    batch: list[tuple[str, list[Evaluation]]] = []
     for device, _ in devices:
         ticks = _ticks(starts[device], watermark, step_s)
         if not ticks:
@@ -295,8 +297,10 @@ def evaluate_rule(
         report.evaluations += len(evaluations)
         if device not in states and not run(evaluations, rule.timing)[1]:
             continue  # at rest and staying at rest: nothing to write (the watermark covers it)
-        _, transitions, _ = advance(conn, meta, device, evaluations, rule.timing)
-        report.transitions += len(transitions)
+        batch.append((device, evaluations))
+    for i in range(0, len(batch), BATCH):
+        for _, _, transitions in advance_many(conn, meta, batch[i : i + BATCH], rule.timing):
+            report.transitions += len(transitions)
     return report
 
 

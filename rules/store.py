@@ -124,6 +124,65 @@ def advance(
     return state, transitions, alert_id
 
 
+def advance_many(
+    conn: psycopg.Connection[Any],
+    meta: AlertMeta,
+    items: list[tuple[str, list[Evaluation]]],
+    timing: Timing,
+) -> list[tuple[str, State, list[Transition]]]:
+    """`advance()` for many entities of one rule in one transaction: the locks are taken in one
+    statement (in a fixed order, so runners never deadlock), the states loaded in one query,
+    and the entities without a transition (an alert staying open, a state at rest) saved in
+    one pipelined batch. Same guarantees as advance(), a fraction of the round trips."""
+    if not items:
+        return []
+    entities = [e for e, _ in items]
+    out: list[tuple[str, State, list[Transition]]] = []
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended(%s || '|' || e, 0) "
+            "AS k FROM unnest(%s::text[]) AS e ORDER BY 1) AS keys",
+            (meta.rule_id, entities),
+        )
+        saved = {
+            str(e): (state_from_json(st), None if a is None else int(a))
+            for e, st, a in cur.execute(
+                "SELECT entity, state, alert_id FROM rule_states "
+                "WHERE rule_id = %s AND entity = ANY(%s)",
+                (meta.rule_id, entities),
+            ).fetchall()
+        }
+        quiet_states: list[tuple[Any, ...]] = []
+        quiet_alerts: list[tuple[Any, ...]] = []
+        for entity, evaluations in items:
+            previous, alert_id = saved.get(entity, (State(), None))
+            state, transitions = run(evaluations, timing, previous)
+            if transitions:
+                _save(cur, meta, entity, state, transitions=transitions, alert_id=alert_id)
+            else:
+                if alert_id is not None:
+                    quiet_alerts.append((state.value, state.flapping, alert_id))
+                quiet_states.append((meta.rule_id, entity, Jsonb(state_to_json(state)), alert_id))
+            out.append((entity, state, transitions))
+        if quiet_alerts:
+            cur.executemany(
+                "UPDATE alerts SET value = coalesce(%s, value), flapping = %s, "
+                "updated_at = now() WHERE id = %s",
+                quiet_alerts,
+            )
+        if quiet_states:
+            cur.executemany(_UPSERT_STATE, quiet_states)
+    return out
+
+
+_UPSERT_STATE = """
+    INSERT INTO rule_states (rule_id, entity, state, alert_id)
+    VALUES (%s, %s, %s, %s)
+    ON CONFLICT (rule_id, entity) DO UPDATE
+       SET state = EXCLUDED.state, alert_id = EXCLUDED.alert_id, updated_at = now()
+"""
+
+
 def _save(
     cur: psycopg.Cursor[Any],
     meta: AlertMeta,
@@ -168,15 +227,7 @@ def _save(
             "updated_at = now() WHERE id = %s",
             (state.value, state.flapping, alert_id),
         )
-    cur.execute(
-        """
-        INSERT INTO rule_states (rule_id, entity, state, alert_id)
-        VALUES (%s, %s, %s, %s)
-        ON CONFLICT (rule_id, entity) DO UPDATE
-           SET state = EXCLUDED.state, alert_id = EXCLUDED.alert_id, updated_at = now()
-        """,
-        (meta.rule_id, entity, Jsonb(state_to_json(state)), alert_id),
-    )
+    cur.execute(_UPSERT_STATE, (meta.rule_id, entity, Jsonb(state_to_json(state)), alert_id))
     return alert_id
 
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from rules.lifecycle import Evaluation, Signal, Status, Timing
-from rules.store import AlertMeta, advance, load_states, open_alerts
+from rules.store import AlertMeta, advance, advance_many, load_states, open_alerts
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 META = AlertMeta("flood.ponding_15cm", "critical", "区住房城乡建委", {"domain": "flood"})
@@ -91,23 +91,35 @@ def test_the_database_refuses_a_second_open_alert(conn: psycopg.Connection[Any])
         )
 
 
-def test_two_runners_racing_on_one_rule_never_duplicate(db_url: str) -> None:
-    """Two runners with their own connections evaluate the same data at the same moment."""
+@pytest.mark.parametrize("modes", [("one", "one"), ("batch", "batch"), ("one", "batch")])
+def test_two_runners_racing_on_one_rule_never_duplicate(
+    db_url: str, modes: tuple[str, str]
+) -> None:
+    """Two runners with their own connections evaluate the same data at the same moment, one
+    entity per transaction or in batches (the second runner's batches in reverse order: the
+    locks are taken in a fixed order, so they cannot deadlock)."""
     entities = [f"fl-p{i:03d}" for i in range(60)]
     evaluations = evs((0, Signal.BREACH), (5, Signal.BREACH), (10, Signal.BREACH))
     start = threading.Barrier(2)
     errors: list[BaseException] = []
 
-    def runner() -> None:
+    def runner(mode: str, order: list[str]) -> None:
         try:
             with psycopg.connect(db_url) as c:
                 start.wait()
-                for entity in entities:
-                    advance(c, META, entity, evaluations, FOR_10)
+                if mode == "one":
+                    for entity in order:
+                        advance(c, META, entity, evaluations, FOR_10)
+                    return
+                for i in range(0, len(order), 7):
+                    advance_many(c, META, [(e, evaluations) for e in order[i : i + 7]], FOR_10)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=runner) for _ in range(2)]
+    orders = [entities, entities[::-1]]
+    threads = [
+        threading.Thread(target=runner, args=(m, o)) for m, o in zip(modes, orders, strict=True)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -120,3 +132,21 @@ def test_two_runners_racing_on_one_rule_never_duplicate(db_url: str) -> None:
     assert sorted(e for e, _ in per_entity) == entities and all(n == 1 for _, n in per_entity)
     assert len(events) == 60 and all(n == 2 for _, n in events)  # pending, firing: once each
     assert fired == [(60,)]
+
+
+def test_a_batch_saves_open_alerts_and_states_without_transitions(
+    conn: psycopg.Connection[Any],
+) -> None:
+    B, C = Signal.BREACH, Signal.CLEAR
+    first = advance_many(
+        conn, META, [("fl-a", evs((0, B), (10, B))), ("fl-b", evs((0, C)))], FOR_10
+    )
+    assert [(e, len(t)) for e, _, t in first] == [("fl-a", 2), ("fl-b", 0)]
+    # a later quiet step: still firing, the alert's value and the saved state move on
+    later = [Evaluation(at(20), B, 31.0)]
+    [(_, state, transitions)] = advance_many(conn, META, [("fl-a", later)], FOR_10)
+    assert transitions == [] and state.last_at == at(20)
+    [alert] = open_alerts(conn)
+    assert (alert["entity"], alert["status"], alert["value"]) == ("fl-a", "firing", 31.0)
+    assert load_states(conn, META.rule_id)["fl-a"].last_at == at(20)
+    assert load_states(conn, META.rule_id)["fl-b"].status is Status.INACTIVE

@@ -41,6 +41,8 @@ def path(history: list[Transition]) -> list[tuple[Status, Status, datetime]]:
         # hysteresis: the band neither fires nor resolves
         ((N, N), Timing(), I, []),
         ((B, N, N, C), Timing(), R, [(I, P, at(0)), (P, F, at(0)), (F, R, at(15))]),
+        # …but a pending breach must hold for all of `for`: the band breaks it
+        ((B, N, B), Timing(for_s=600), P, [(I, P, at(0)), (P, I, at(5)), (I, P, at(10))]),
         # keep_firing_for 10 min: a short clear does not resolve; a long one resolves, dated to
         # where the clear began
         (
