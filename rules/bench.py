@@ -20,11 +20,13 @@ import random
 import statistics
 import time
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 
-from rules.model import catalogue_files, load_rules
+from rules import runner
+from rules.model import RuleSet, catalogue_files, load_rules
 from rules.runner import entities_of, fetch_series, run_pass
 from urbanpulse.contract import default_registry
 from urbanpulse.db.connect import drop_database, with_database
@@ -72,13 +74,17 @@ def _fleet(devices: int) -> list[DeviceSpec]:
     return specs
 
 
-def populate(url: str, devices: int, now: datetime, minutes_after: int) -> tuple[int, int]:
-    """Devices and readings up to `now` + the ticks; returns (devices, readings)."""
+def populate(
+    url: str, devices: int, now: datetime, minutes_after: int, *, mass: bool = False
+) -> tuple[int, int]:
+    """Devices and readings up to `now` + the ticks; returns (devices, readings). `mass`: every
+    depth gauge ponds at 20 cm from 10 minutes before `now` (thousands of alerts firing)."""
     rng = random.Random(7)  # noqa: S311 - benchmark data
     specs = _fleet(devices)
     end = now + timedelta(minutes=minutes_after)
     day_start = now - timedelta(hours=25)
     recent = now - timedelta(hours=2)
+    flood = now - timedelta(minutes=10)
     n = 0
     with psycopg.connect(url) as conn:
         upsert_devices(conn, specs)
@@ -117,7 +123,13 @@ def populate(url: str, devices: int, now: datetime, minutes_after: int) -> tuple
                         lambda t, b=base: b + (t - day_start).total_seconds() / 3600 * 0.05,
                     )
                 elif kind == "depth_gauge":
-                    n += series(dev, "depth", recent, 60, lambda _t: 5 * rng.random())
+                    n += series(
+                        dev,
+                        "depth",
+                        recent,
+                        60,
+                        lambda t: 20.0 if mass and t >= flood else 5 * rng.random(),
+                    )
                 elif kind == "car_park":
                     n += series(dev, "occupied", recent, 300, lambda _t: 500 * rng.random())
                 else:
@@ -133,11 +145,42 @@ def populate(url: str, devices: int, now: datetime, minutes_after: int) -> tuple
     return len(specs), n
 
 
+def _mass_ticks(conn: psycopg.Connection[Any], catalogue: RuleSet, start: datetime, n: int) -> None:
+    """Ticks with thousands of alerts open, alternating batched writes and one transaction per
+    alert (BATCH = 1, the baseline), so both see the same machine noise."""
+    registry = default_registry()
+    timed: dict[int, list[float]] = {runner.BATCH: [], 1: []}
+    saved = runner.BATCH
+    try:
+        for k in range(1, 2 * n + 1):
+            runner.BATCH = saved if k % 2 else 1
+            at = start + timedelta(minutes=k)
+            t = time.perf_counter()
+            run_pass(conn, catalogue, registry, now=at, lateness_s=0, since=start, tz=TZ.key)
+            timed[runner.BATCH].append(time.perf_counter() - t)
+    finally:
+        runner.BATCH = saved
+    open_now = conn.execute("SELECT count(*) FROM alerts WHERE status = 'firing'").fetchone()
+    batched, single = statistics.median(timed[saved]), statistics.median(timed[1])
+    print(
+        f"  mass event, {open_now[0] if open_now else 0:,} alerts firing: median per tick "
+        f"{batched:.2f} s with batched writes ({saved} per transaction), {single:.2f} s with one "
+        f"transaction per alert; ratio {single / batched:.1f}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--ticks", type=int, default=5)
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--mass",
+        action="store_true",
+        help="every depth gauge ponds: thousands of alerts firing; ticks alternate batched "
+        "alert writes with one transaction per alert (the baseline)",
+    )
     args = parser.parse_args()
     registry = default_registry()
     catalogue = load_rules(catalogue_files(), registry)
@@ -147,7 +190,9 @@ def main() -> None:
     migrate(url, load_policy(), timescale_mode="off")
     try:
         t = time.perf_counter()
-        fleet, n = populate(url, args.devices, now, args.ticks)
+        fleet, n = populate(
+            url, args.devices, now, args.ticks * (2 if args.mass else 1), mass=args.mass
+        )
         print(
             f"rules benchmark: {len(catalogue.records)} records, {len(catalogue.kpis)} KPIs and "
             f"{len(rules)} rules, {fleet:,} devices, {n:,} readings "
@@ -193,6 +238,8 @@ def main() -> None:
                 slow = sorted(report.rules, key=lambda r: -r.duration_ms)[:4]
                 per_rule = ", ".join(f"{r.rule_id} {r.duration_ms:.0f} ms" for r in slow)
                 print(f"  tick {k}: {ticks[-1]:.2f} s ({per_rule}); baseline {floors[-1]:.2f} s")
+            if args.mass:
+                _mass_ticks(conn, catalogue, now + timedelta(minutes=args.ticks), args.ticks)
             firing = conn.execute(
                 "SELECT rule_id, count(*) FROM alerts WHERE status = 'firing' GROUP BY 1"
             ).fetchall()

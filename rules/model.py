@@ -119,6 +119,9 @@ class Rule(_Strict):
     window: Duration = Field(300.0, gt=0)
     condition: Condition | None = None
     tolerance: float = Field(0.0, ge=0)  # stuck: max − min at most this is "flat"
+    # rate: a breach also needs the latest value at least this (a rise from 0 to 4 cm of
+    # water is no flood, however fast)
+    min_level: float | None = None
     min_points: int = Field(3, ge=2)  # stuck: readings needed in the window
     missing_intervals: float = Field(3.0, gt=0)  # no_data: silent this many intervals
     # no_data: measurement time (a gap in the data) or arrival time (nothing is coming in now,
@@ -149,6 +152,8 @@ class Rule(_Strict):
             raise ValueError(f"a {self.type} rule needs a condition")
         if self.type in ("stuck", "no_data") and self.condition is not None:
             raise ValueError(f"a {self.type} rule has no condition")
+        if self.min_level is not None and self.type != "rate":
+            raise ValueError("min_level is for rate rules")
         if self.clock == "arrival" and self.type != "no_data":
             raise ValueError("clock: arrival is for no_data rules")
         return self
