@@ -73,9 +73,9 @@ def signal_at(rule: Rule, series: EntitySeries, t: float) -> Evaluation:
         dt_h = (series.times[hi - 1] - series.times[lo]) / 3600
         per_hour = (series.values[hi - 1] - series.values[lo]) / dt_h
         signal = _compare(rule, per_hour)
-        if signal is Signal.BREACH and rule.min_level is not None:
-            if series.values[hi - 1] < rule.min_level:
-                signal = Signal.BAND  # rising fast, but not yet high enough to matter
+        low = rule.min_level is not None and series.values[hi - 1] < rule.min_level
+        if signal is Signal.BREACH and low:
+            signal = Signal.BAND  # rising fast, but not yet high enough to matter
         return Evaluation(when, signal, per_hour)
     if rule.aggregate == "count":
         return Evaluation(when, _compare(rule, float(len(values))), float(len(values)))
