@@ -21,6 +21,8 @@ from urbanpulse.errors import ConfigError, ContractError, MigrationError
 
 T0 = datetime(2026, 11, 25, 15, 30, tzinfo=UTC)  # 23:30 in Yongchuan (UTC+8)
 
+ALL_MIGRATIONS = tuple(f"{m.version:04d}_{m.name}" for m in migrate_mod.migrations())
+
 
 def tables(conn: psycopg.Connection[Any]) -> set[str]:
     rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
@@ -31,7 +33,7 @@ def test_migrate_creates_the_database_and_is_idempotent() -> None:
     with scratch_database() as url:
         first = migrate(url, load_policy(), timescale_mode="off")
         second = migrate(url, load_policy(), timescale_mode="off")
-        assert first.created_database and first.applied == ("0001_core", "0002_alerts")
+        assert first.created_database and first.applied == ALL_MIGRATIONS
         assert not second.created_database and second.applied == ()
         with psycopg.connect(url) as conn:
             assert {
@@ -254,6 +256,6 @@ def test_auto_mode_falls_back_to_plain_postgresql_when_timescale_cannot_load() -
     # preloaded, where CREATE EXTENSION would kill the session): auto must fall back cleanly
     with scratch_database() as url:
         result = migrate(url, load_policy(), timescale_mode="auto")
-        assert not result.timescale and result.applied == ("0001_core", "0002_alerts")
+        assert not result.timescale and result.applied == ALL_MIGRATIONS
         with pytest.raises(ConfigError, match="TimescaleDB"):
             migrate(url, load_policy(), timescale_mode="require")
