@@ -118,6 +118,7 @@ def fetch_series(
             SELECT device_id, extract(epoch FROM ingested_at)::float8, value FROM readings
              WHERE metric = %s AND device_id = ANY(%s) AND ingested_at > to_timestamp(%s)
                AND ingested_at <= to_timestamp(%s) AND ts > to_timestamp(%s)
+               AND ts > ingested_at - make_interval(secs => %s)
              ORDER BY device_id, ingested_at
             """,
             (
@@ -126,6 +127,7 @@ def fetch_series(
                 first - lookback,
                 last,
                 first - lookback - ARRIVAL_HORIZON_S,
+                ARRIVAL_HORIZON_S,
             ),
         ).fetchall()
     else:
@@ -138,13 +140,41 @@ def fetch_series(
             """,
             (rule.series.metric, [d for d, _ in devices], first - lookback, last),
         ).fetchall()
-    conn.commit()
     out = {d: EntitySeries(d, [], [], interval) for d, interval in devices}
+    if rule.type == "no_data":
+        # a device silent for longer than the lookback has its last reading before it
+        for device, t, v in _last_before(conn, rule, [d for d, _ in devices], first - lookback):
+            s = out[device]
+            s.times.append(t)
+            s.values.append(v)
+    conn.commit()
     for device, t, v in rows:
         s = out[str(device)]
         s.times.append(float(t))
         s.values.append(float(v))
     return out
+
+
+def _last_before(
+    conn: psycopg.Connection[Any], rule: Rule, devices: list[str], at: float
+) -> list[tuple[str, float, float]]:
+    """Each device's last reading at or before `at` (by measurement time, or for the arrival
+    clock the latest-measured reading that had arrived by then): one index probe a device."""
+    arrival = rule.clock == "arrival"
+    rows = conn.execute(
+        """
+        SELECT d, extract(epoch FROM CASE WHEN %(arrival)s THEN r.ingested_at ELSE r.ts END),
+               r.value
+          FROM unnest(%(devices)s::text[]) AS d
+          JOIN LATERAL (
+                SELECT ts, ingested_at, value FROM readings
+                 WHERE device_id = d AND metric = %(metric)s AND ts <= to_timestamp(%(at)s)
+                   AND (NOT %(arrival)s OR ingested_at <= to_timestamp(%(at)s))
+                 ORDER BY ts DESC LIMIT 1) AS r ON true
+        """,
+        {"arrival": arrival, "devices": devices, "metric": rule.series.metric, "at": at},
+    ).fetchall()
+    return [(str(d), float(t), float(v)) for d, t, v in rows]
 
 
 def _fetch_recorded(
@@ -269,6 +299,8 @@ def evaluate_rule(
         if row is None or row[0] is None:
             return report
         watermark = min(watermark, row[0].timestamp())
+    # the last tick on or before the watermark: what the rule's watermark says was evaluated
+    watermark = math.floor(watermark / step_s) * step_s
     devices = entities_of(conn, rule, registry)
     report.entities = len(devices)
     if not devices:

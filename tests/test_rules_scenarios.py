@@ -249,3 +249,25 @@ def test_passes_in_steps_give_the_same_alerts_and_write_nothing_at_rest(db_url: 
         assert evaluate_all(other, plan) == stepped
         with psycopg.connect(other) as conn:
             assert derived(conn) == stepped_records
+
+
+def test_passes_at_odd_moments_give_the_same_alerts(db_url: str) -> None:
+    """A live runner's passes fall anywhere (every 37 min here, 13 s past the minute), and
+    a device may stay silent for longer than a pass looks back: the alerts are still those of
+    one pass over the whole day (offline, stuck and implausible devices included)."""
+    plan = load(db_url, "device-faults")
+    rules = load_rules(RULES, REGISTRY)
+    since = datetime.fromtimestamp(plan.start, UTC)
+    end = datetime.fromtimestamp(plan.end, UTC)
+    with psycopg.connect(db_url) as conn:
+        now = since + timedelta(seconds=13)
+        while now < end:
+            run_pass(conn, rules, REGISTRY, now=now, lateness_s=0, since=since)
+            now += timedelta(minutes=37)
+        run_pass(conn, rules, REGISTRY, now=end, lateness_s=0, since=since)
+        stepped = alerts(conn)
+    with scratch_database(SERVER_URL) as other:
+        migrate(other, load_policy(), timescale_mode="off")
+        load(other, "device-faults")
+        assert evaluate_all(other, plan) == stepped
+    assert {r[0] for r in stepped} >= {"device.offline_parking", "device.offline_flood"}
