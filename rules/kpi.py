@@ -12,8 +12,10 @@ and target, and how it is measured from recorded series or ponding events:
 - `hours_above`: the number of hourly values above a level (car-park hours above 85 %);
 - `ponding_points`: the number of distinct flood points that ponded in the period.
 
-Each entity is scored, plus the whole city 「全区」: the mean of the entities' values of a day
-for day counts and shares, the sum for hours, the count of points for ponding.
+Each entity of the record is scored (the daily AQI record has the whole city 「全区」 from its
+stations' mean concentrations); hours are also summed for 全区, and ponding points are counted
+for 全区. The trend compares with the period just before; a count to date (days, hours,
+points) is compared only once its period is complete.
 The runner refreshes the current (and any unfinished) period into `kpi_values` on each pass;
 `scorecard()` reads it back with the previous period, the trend and the compliance history.
 """
@@ -30,9 +32,8 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rules import periods
-from rules.recording import ID_PATTERN, RecordTitle
+from rules.recording import CITY, ID_PATTERN, RecordTitle
 
-CITY = "全区"
 Op = Literal["<", "<=", ">", ">="]
 Conn = psycopg.Connection[Any]
 
@@ -153,19 +154,15 @@ def measure(conn: Conn, kpi: Kpi, start: float, end: float, upto: float) -> dict
     if isinstance(m, DaysWhere):
         rows = conn.execute(
             """
-            WITH days AS (
-                SELECT entity, period_start, value FROM recorded
-                 WHERE series = %(s)s AND period_start >= %(lo)s AND period_end <= %(hi)s),
-            city AS (SELECT %(city)s AS entity, period_start, avg(value) AS value FROM days
-                      GROUP BY period_start)
             SELECT entity, count(*) FILTER (WHERE CASE %(op)s WHEN '<' THEN value < %(v)s
                                                    WHEN '<=' THEN value <= %(v)s
                                                    WHEN '>' THEN value > %(v)s
                                                    ELSE value >= %(v)s END), count(*)
-              FROM (SELECT * FROM days UNION ALL SELECT * FROM city) d
+              FROM recorded
+             WHERE series = %(s)s AND period_start >= %(lo)s AND period_end <= %(hi)s
              GROUP BY entity
             """,
-            {"s": m.recorded, "lo": lo, "hi": hi, "city": CITY, "v": m.value, "op": m.op},
+            {"s": m.recorded, "lo": lo, "hi": hi, "v": m.value, "op": m.op},
         ).fetchall()
         for entity, hits, days in rows:
             if m.kind == "days_where":
@@ -192,9 +189,10 @@ def measure(conn: Conn, kpi: Kpi, start: float, end: float, upto: float) -> dict
         """
         SELECT count(DISTINCT device_id), coalesce(array_agg(DISTINCT device_id), '{}'),
                count(*) FROM ponding_events
-         WHERE started_at >= %s AND started_at < %s AND (NOT %s OR carriageway)
+         WHERE started_at < %s AND (ended_at IS NULL OR ended_at >= %s)
+           AND (NOT %s OR carriageway)
         """,
-        (lo, hi, m.carriageway_only),
+        (hi, lo, m.carriageway_only),
     ).fetchone()
     assert row is not None
     out[CITY] = (float(row[0]), {"points": sorted(row[1]), "events": int(row[2])})
@@ -237,7 +235,7 @@ def refresh(conn: Conn, kpi: Kpi, *, after: float, upto: float, tz: ZoneInfo) ->
     return written
 
 
-Trend = Literal["better", "worse", "steady", "new"]
+Trend = Literal["better", "worse", "steady", "new", "running"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,13 +253,24 @@ class ScoreLine:
     detail: dict[str, Any]
 
 
-def _trend(kpi: Kpi, value: float | None, previous: float | None) -> Trend:
+CUMULATIVE = ("days_where", "hours_above", "ponding_points")
+
+
+def _trend(kpi: Kpi, value: float | None, previous: float | None, complete: bool) -> Trend:
     if value is None or previous is None:
         return "new"
+    if kpi.measure.kind in CUMULATIVE and not complete:
+        return "running"  # a count to date against a whole period says nothing
     if abs(value - previous) < 1e-9:
         return "steady"
     lower = value < previous
     return "better" if lower == (kpi.target.better == "lower") else "worse"
+
+
+def _previous_period(kpi: Kpi, first: date) -> date:
+    if kpi.period == "year":
+        return first.replace(year=first.year - 1)
+    return date(first.year - (first.month == 1), (first.month - 2) % 12 + 1, 1)
 
 
 def scorecard(conn: Conn, kpis: list[Kpi], *, history: int = 12) -> list[ScoreLine]:
@@ -281,7 +290,8 @@ def scorecard(conn: Conn, kpis: list[Kpi], *, history: int = 12) -> list[ScoreLi
             by_entity.setdefault(str(entity), []).append((first, value, compliant, detail))
         for entity, seq in by_entity.items():
             first, value, compliant, detail = seq[0]
-            previous = seq[1][1] if len(seq) > 1 else None
+            before = _previous_period(kpi, first)
+            previous = seq[1][1] if len(seq) > 1 and seq[1][0] == before else None
             out.append(
                 ScoreLine(
                     kpi,
@@ -290,7 +300,7 @@ def scorecard(conn: Conn, kpis: list[Kpi], *, history: int = 12) -> list[ScoreLi
                     value,
                     compliant,
                     previous,
-                    _trend(kpi, value, previous),
+                    _trend(kpi, value, previous, bool(detail.get("complete"))),
                     [(f, v, c) for f, v, c, _ in seq[:history]],
                     dict(detail),
                 )

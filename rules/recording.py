@@ -38,6 +38,7 @@ from rules import periods
 from urbanpulse.durations import Duration
 
 HOUR = 3600.0
+CITY = "全区"  # the whole district, beside each station, DMA or car park
 ID_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
 
 
@@ -64,6 +65,8 @@ class AqiRecord(_Record):
     report: Literal["hourly", "rolling_24h", "daily"]
     standard: str = "hj633-2012"
     kinds: list[str] = Field(default_factory=lambda: ["aq_station"])
+    # also the whole city (全区), from the stations' mean concentrations
+    city: bool = False
     # GB 3095-2012 §7 data validity: a 24 h mean needs 20 hourly means, an 8 h mean 6
     min_hours_24h: int = Field(20, ge=1, le=24)
     min_hours_8h: int = Field(6, ge=1, le=8)
@@ -150,8 +153,10 @@ class NightFlowRecord(_Record):
     def _window(self) -> NightFlowRecord:
         if self.end <= self.start:
             raise ValueError("end must be after start (the night window lies within one day)")
-        if self.moving < self.bin:
-            raise ValueError("moving must be at least one bin")
+        if self.moving < self.bin or self.moving % self.bin:
+            raise ValueError("moving must be a whole number of bins")
+        if HOUR % self.bin or (self.start.minute * 60) % self.bin:
+            raise ValueError("bin must divide an hour and start must fall on a bin")
         if self.min_baseline_days > self.baseline_days:
             raise ValueError("min_baseline_days must not exceed baseline_days")
         return self
@@ -168,6 +173,13 @@ class OccupancyRecord(_Record):
     by: Literal["car_park", "zone"]
     period: Duration = Field(3600.0, gt=0)
     kinds: list[str] = Field(default_factory=lambda: ["car_park"])
+
+    @field_validator("period")
+    @classmethod
+    def _divides_an_hour(cls, value: float) -> float:
+        if value > HOUR or HOUR % value:
+            raise ValueError("period must divide an hour (e.g. 15m, 30m, 1h)")
+        return value
 
 
 class PondingRecord(_Record):
@@ -316,12 +328,40 @@ def record_aqi(conn: Conn, rec: AqiRecord, ends: list[float], tz: ZoneInfo) -> l
     hourly = _hourly_means(conn, stations, min(s for s, _ in spans) - 24 * HOUR, max(ends))
     rows: list[Row] = []
     for span in spans:
+        inputs = []
         for st in stations:
             series = {p: hourly.get((st, p), {}) for p in hj633.POLLUTANTS}
-            row = _aqi_row(rec, std, st, span, _aqi_inputs(rec, series, *span))
+            got = _aqi_inputs(rec, series, *span)
+            inputs.append(got)
+            row = _aqi_row(rec, std, st, span, got)
+            if row is not None:
+                rows.append(row)
+        if rec.city:
+            row = _aqi_row(rec, std, CITY, span, _city_inputs(inputs))
             if row is not None:
                 rows.append(row)
     return rows
+
+
+def _city_inputs(stations: list[_AqiInputs]) -> _AqiInputs:
+    """The city's concentrations: each pollutant's mean over the stations that measured it
+    (HJ 633 assesses a city by its stations' mean concentrations, not by their mean AQI)."""
+
+    def mean(values: list[dict[str, float]]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p in hj633.POLLUTANTS:
+            got = [v[p] for v in values if p in v]
+            if got:
+                out[p] = sum(got) / len(got)
+        return out
+
+    report = stations[0].report if stations else "daily"
+    return _AqiInputs(
+        mean([s.conc for s in stations]),
+        mean([s.fallbacks for s in stations]),
+        report,
+        max((s.hours for s in stations), default=0),
+    )
 
 
 def _span(rec: AqiRecord, end: float, tz: ZoneInfo) -> tuple[float, float]:
@@ -714,7 +754,8 @@ def record_occupancy(conn: Conn, rec: OccupancyRecord, ends: list[float]) -> lis
     out: list[Row] = []
     for device, zone, declared, b, occ, peak, n, cap_reading in rows:
         end = float(b) + rec.period
-        capacity = float(declared) if declared else (float(cap_reading) if cap_reading else 0.0)
+        # the counted capacity when the car park reports it (closures), else the declared one
+        capacity = float(cap_reading) if cap_reading else (float(declared) if declared else 0.0)
         if end not in wanted or occ is None or capacity <= 0:
             continue
         if rec.by == "car_park":
@@ -838,6 +879,15 @@ def period_ends(rec: Record, after: float, upto: float, tz: ZoneInfo) -> list[fl
     if isinstance(rec, OccupancyRecord):
         return periods.every(rec.period, after, upto)
     return []
+
+
+def source_of(rec: Record) -> str | None:
+    """The record this one is computed from, if any: it is computed no further than that."""
+    if isinstance(rec, WarningRecord):
+        return rec.aqi
+    if isinstance(rec, WaterBalanceRecord):
+        return rec.days
+    return None
 
 
 def covered(rec: Record, after: float, upto: float, tz: ZoneInfo) -> float:

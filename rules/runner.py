@@ -26,7 +26,7 @@ from rules.kpi import Kpi
 from rules.kpi import refresh as refresh_kpi
 from rules.lifecycle import Evaluation, State, Status, run, step
 from rules.model import Rule, RuleSet
-from rules.recording import Record, covered, run_record
+from rules.recording import Record, covered, run_record, source_of
 from rules.store import AlertMeta, advance_many, load_states
 from urbanpulse.contract.registry import Registry
 
@@ -384,6 +384,12 @@ def record_pass(
             ).fetchone()
             after = row[0].timestamp() if row and row[0] is not None else since
             upto = watermark - rec.delay  # periods ended by then are computed, once
+            source = source_of(rec)
+            if source is not None:  # no further than the record it reads
+                got = conn.execute(
+                    "SELECT watermark FROM rule_health WHERE rule_id = %s", (source,)
+                ).fetchone()
+                upto = min(upto, got[0].timestamp()) if got and got[0] is not None else after
             if upto > after:
                 report.evaluations = run_record(conn, rec, after, upto, tz)
             # what the record covers: rules and KPIs reading it go no further

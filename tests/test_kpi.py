@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg.types.json import Jsonb
 
-from rules.kpi import CITY, Kpi, Target, period_bounds, scorecard
+from rules.kpi import Kpi, Target, period_bounds, scorecard
 from rules.model import RuleSet, catalogue_files, load_rules
+from rules.recording import CITY
 from rules.runner import run_pass
 from urbanpulse.contract import default_registry
 
@@ -21,8 +22,8 @@ KPIS = {k.id: k for k in load_rules(catalogue_files(), REGISTRY).kpis}
 Conn = psycopg.Connection[Any]
 
 
-def local(y: int, m: int, d: int, h: int = 0) -> datetime:
-    return datetime(y, m, d, h, tzinfo=TZ)
+def local(y: int, m: int, d: int, h: int = 0, minute: int = 0) -> datetime:
+    return datetime(y, m, d, h, minute, tzinfo=TZ)
 
 
 def put(
@@ -78,8 +79,8 @@ def test_targets_and_periods() -> None:
 
 
 def test_air_days_counted_per_station_and_for_the_city(conn: Conn) -> None:
-    # two stations over four days; the city's day is the mean of its stations' daily AQI
-    daily = {"aq-a": [80, 250, 210, 90], "aq-b": [60, 190, 230, 100]}
+    # two stations and the city (recorded from the stations' mean concentrations) over 4 days
+    daily = {"aq-a": [80, 250, 210, 90], "aq-b": [60, 190, 230, 100], CITY: [70, 220, 205, 95]}
     first = local(2026, 11, 1)
     for station, seq in daily.items():
         for i, v in enumerate(seq):
@@ -89,7 +90,6 @@ def test_air_days_counted_per_station_and_for_the_city(conn: Conn) -> None:
     score(conn, kpis, local(2026, 11, 5), since=first)
     year = date(2026, 1, 1)
     heavy = values(conn, "air.heavy_pollution_days_year")
-    # city: means 70, 220, 220, 95 → two heavy days; aq-a two (250, 210), aq-b one (230)
     assert heavy == {
         ("aq-a", year): (2.0, False),
         ("aq-b", year): (1.0, False),
@@ -116,11 +116,24 @@ def test_leakage_month_history_previous_and_trend(conn: Conn) -> None:
     assert line.detail["complete"] is False  # November is still running
 
 
+def test_a_count_to_date_is_not_compared_with_a_whole_period(conn: Conn) -> None:
+    kpi = KPIS["parking.hours_above_85_month"]
+    for day, hours in ((local(2026, 10, 3), 40), (local(2026, 11, 2), 3)):
+        for h in range(hours):
+            t = day + timedelta(hours=h)
+            put(conn, "parking.occupancy", "pk-a", t, t + timedelta(hours=1), 90.0)
+    score(conn, [kpi], local(2026, 11, 4), since=local(2026, 10, 1))
+    line = next(ln for ln in scorecard(conn, [kpi]) if ln.entity == "pk-a")
+    assert (line.value, line.previous, line.trend) == (3.0, 40.0, "running")
+
+
 def test_ponding_points_and_parking_hours(conn: Conn) -> None:
+    # fl-c ponded over new year's night: it counts for the year it ran into
     for device, start in (
         ("fl-a", local(2026, 6, 1, 16)),
         ("fl-a", local(2026, 7, 2, 9)),
         ("fl-b", local(2026, 7, 2, 10)),
+        ("fl-c", local(2025, 12, 31, 23, 30)),
     ):
         conn.execute(
             "INSERT INTO ponding_events (device_id, started_at, ended_at, last_at, peak_cm, "
@@ -132,8 +145,8 @@ def test_ponding_points_and_parking_hours(conn: Conn) -> None:
         t = local(2026, 7, 3, 10 + i)
         put(conn, "parking.occupancy", "pk-a", t, t + timedelta(hours=1), v)
     kpis = [KPIS["flood.ponding_points_year"], KPIS["parking.hours_above_85_month"]]
-    score(conn, kpis, local(2026, 8, 1), since=local(2026, 5, 1))
-    assert values(conn, "flood.ponding_points_year") == {(CITY, date(2026, 1, 1)): (2.0, False)}
+    score(conn, kpis, local(2026, 8, 1), since=local(2026, 1, 1))
+    assert values(conn, "flood.ponding_points_year") == {(CITY, date(2026, 1, 1)): (3.0, False)}
     parking = values(conn, "parking.hours_above_85_month")
     assert parking[("pk-a", date(2026, 7, 1))] == (2.0, None)
     assert parking[(CITY, date(2026, 7, 1))] == (2.0, None)

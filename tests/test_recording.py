@@ -98,7 +98,8 @@ def test_daily_and_rolling_aqi_need_20_hours_of_data(conn: Conn) -> None:
     records = [record("air.aqi_daily"), record("air.aqi_24h")]
     run(conn, records, DAY0 + timedelta(days=1))
     # 24 h mean 80 lies in 75..115 → 100 + 5 / 40 × 50 = 106.25 → 107; 19 hours: no value
-    [daily] = recorded(conn, "air.aqi_daily")
+    [daily, city] = recorded(conn, "air.aqi_daily")
+    assert city[0] == "全区" and city[3] == 107  # the stations' mean: aq-full's alone
     assert daily[:4] == ("aq-full", DAY0, DAY0 + timedelta(days=1), 107)
     assert daily[4]["category"] == "轻度污染"
     rolling = recorded(conn, "air.aqi_24h")
@@ -106,6 +107,26 @@ def test_daily_and_rolling_aqi_need_20_hours_of_data(conn: Conn) -> None:
     assert [(e, end.astimezone(TZ).hour, v) for e, _, end, v, _ in rolling] == [
         ("aq-full", h % 24, 107) for h in range(20, 25)
     ]
+
+
+def test_the_city_aqi_comes_from_the_stations_mean_concentrations(conn: Conn) -> None:
+    add_device(conn, "aq-a", "aq_station", "Z", interval=3600)
+    add_device(conn, "aq-b", "aq_station", "Z", interval=3600)
+    day = {"aq-a": {"pm25": 250.0, "pm10": 50.0}, "aq-b": {"pm25": 50.0, "pm10": 420.0}}
+    add_readings(
+        conn,
+        [
+            (st, m, DAY0 + timedelta(hours=h), v)
+            for st, values in day.items()
+            for m, v in values.items()
+            for h in range(24)
+        ],
+    )
+    run(conn, [record("air.aqi_daily")], DAY0 + timedelta(days=1))
+    got = {e: (v, d["primary"]) for e, _, _, v, d in recorded(conn, "air.aqi_daily")}
+    # each station is at 300 (PM2.5 250; PM10 420); the city's means are PM2.5 150 (200) and
+    # PM10 235 (IAQI 142.5 → 143): 200, not the 300 a mean of AQIs would give
+    assert got == {"aq-a": (300, ["pm25"]), "aq-b": (300, ["pm10"]), "全区": (200, ["pm25"])}
 
 
 def _water_city(conn: Conn, days: int) -> None:
@@ -271,7 +292,16 @@ def test_warning_levels_follow_how_long_the_rolling_aqi_stays_above_200(conn: Co
             ],
         )
     conn.commit()
-    run(conn, [record("air.pollution_warning")], DAY0 + timedelta(hours=len(hours)))
+    warning = record("air.pollution_warning")
+    # computed no further than the rolling AQI it reads: not at all before that has run
+    run(conn, [warning], DAY0 + timedelta(hours=len(hours)))
+    assert recorded(conn, "air.pollution_warning") == []
+    conn.execute(
+        "INSERT INTO rule_health (rule_id, watermark) VALUES ('air.aqi_24h', %s)",
+        (DAY0 + timedelta(hours=len(hours)),),
+    )
+    conn.commit()
+    run(conn, [warning], DAY0 + timedelta(hours=len(hours)))
     levels = {end: (v, d["en"]) for _, _, end, v, d in recorded(conn, "air.pollution_warning")}
     assert levels[DAY0 + timedelta(hours=23)] == (0.0, "none")
     assert levels[DAY0 + timedelta(hours=24)] == (1.0, "blue")

@@ -109,8 +109,9 @@ def _highlights(conn: Any, since: datetime) -> list[str]:
 def _alerts(settings: Settings, start: float, end: float, tz: str) -> tuple[list[str], list[str]]:
     """Run the rule catalogue once over the scenario's span; describe the alerts and the plan
     KPIs of the whole city (and every entity that misses its target)."""
-    from rules.kpi import CITY, scorecard
+    from rules.kpi import scorecard
     from rules.model import catalogue_files, load_rules
+    from rules.recording import CITY
     from rules.runner import run_pass
     from urbanpulse.contract.registry import default_registry
 
