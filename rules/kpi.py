@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rules import periods
-from rules.recording import CITY, ID_PATTERN, RecordTitle
+from rules.recording import CITY, ID_PATTERN, Title
 
 Op = Literal["<", "<=", ">", ">="]
 Conn = psycopg.Connection[Any]
@@ -96,7 +96,7 @@ Measure = Annotated[Latest | DaysWhere | HoursAbove | PondingPoints, Field(discr
 
 class Kpi(_Strict):
     id: str = Field(pattern=ID_PATTERN)
-    title: RecordTitle
+    title: Title
     unit: str
     period: Literal["month", "year"]
     target: Target

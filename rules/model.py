@@ -20,7 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from rules.kpi import Kpi
 from rules.lifecycle import Timing
-from rules.recording import AqiRecord, PondingRecord, Record, WarningRecord, WaterBalanceRecord
+from rules.recording import (
+    AqiRecord,
+    PondingRecord,
+    Record,
+    Title,
+    WarningRecord,
+    WaterBalanceRecord,
+)
 from urbanpulse.contract.model import Reason
 from urbanpulse.contract.registry import Registry
 from urbanpulse.durations import Duration
@@ -52,11 +59,6 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Title(_Strict):
-    zh: str = Field(min_length=1)
-    en: str = Field(min_length=1)
 
 
 class Series(_Strict):

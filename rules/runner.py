@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -293,12 +294,10 @@ def evaluate_rule(
     if rule.series.recorded is not None:
         # evaluate only as far as the record covers: a period still to be computed (its
         # meters may be late) must not read as no data
-        row = conn.execute(
-            "SELECT watermark FROM rule_health WHERE rule_id = %s", (rule.series.recorded,)
-        ).fetchone()
-        if row is None or row[0] is None:
+        covered_by_record = _watermark_of(conn, rule.series.recorded)
+        if covered_by_record is None:
             return report
-        watermark = min(watermark, row[0].timestamp())
+        watermark = min(watermark, covered_by_record)
     # the last tick on or before the watermark: what the rule's watermark says was evaluated
     watermark = math.floor(watermark / step_s) * step_s
     devices = entities_of(conn, rule, registry)
@@ -306,10 +305,8 @@ def evaluate_rule(
     if not devices:
         return report
     states = load_states(conn, rule.id)
-    row = conn.execute(
-        "SELECT watermark FROM rule_health WHERE rule_id = %s", (rule.id,)
-    ).fetchone()
-    at_rest = row[0].timestamp() + step_s if row and row[0] is not None else since
+    evaluated = _watermark_of(conn, rule.id)
+    at_rest = since if evaluated is None else evaluated + step_s
     starts = {}
     for device, _ in devices:
         state = states.get(device)
@@ -366,76 +363,74 @@ def _health(conn: psycopg.Connection[Any], report: RuleReport) -> None:
     )
 
 
-def record_pass(
-    conn: psycopg.Connection[Any], rec: Record, *, watermark: float, since: float, tz: ZoneInfo
+def _watermark_of(conn: psycopg.Connection[Any], rule_id: str) -> float | None:
+    row = conn.execute(
+        "SELECT watermark FROM rule_health WHERE rule_id = %s", (rule_id,)
+    ).fetchone()
+    return row[0].timestamp() if row and row[0] is not None else None
+
+
+def _locked_pass(
+    conn: psycopg.Connection[Any],
+    report: RuleReport,
+    since: float,
+    work: Callable[[float], tuple[int, float]],
 ) -> RuleReport:
-    """Compute a record's periods that ended since its watermark, in one transaction with the
-    new watermark (so a period is written once however many runners there are)."""
-    report = RuleReport(rec.id, record=True)
+    """Run `work(after)` → (rows written, new watermark) under a lock on the report's id, in
+    one transaction with the new watermark, so that whatever number of runners there are,
+    each period is written once. A failure is rolled back and recorded in rule_health."""
     started = time.monotonic()
     conn.commit()
     try:
         with conn.transaction():
             conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"record|{rec.id}",)
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"pass|{report.rule_id}",)
             )
-            row = conn.execute(
-                "SELECT watermark FROM rule_health WHERE rule_id = %s", (rec.id,)
-            ).fetchone()
-            after = row[0].timestamp() if row and row[0] is not None else since
-            upto = watermark - rec.delay  # periods ended by then are computed, once
-            source = source_of(rec)
-            if source is not None:  # no further than the record it reads
-                got = conn.execute(
-                    "SELECT watermark FROM rule_health WHERE rule_id = %s", (source,)
-                ).fetchone()
-                upto = min(upto, got[0].timestamp()) if got and got[0] is not None else after
-            if upto > after:
-                report.evaluations = run_record(conn, rec, after, upto, tz)
-            # what the record covers: rules and KPIs reading it go no further
-            report.watermark = covered(rec, after, upto, tz)
+            after = _watermark_of(conn, report.rule_id)
+            report.evaluations, report.watermark = work(since if after is None else after)
             report.duration_ms = (time.monotonic() - started) * 1000
             _health(conn, report)
     except (psycopg.Error, ValueError, ArithmeticError, KeyError) as exc:
-        report = RuleReport(rec.id, error=f"{type(exc).__name__}: {exc}", record=True)
-        log.error("record %s failed: %s", rec.id, report.error)
+        report = RuleReport(report.rule_id, error=f"{type(exc).__name__}: {exc}", record=True)
+        log.error("%s failed: %s", report.rule_id, report.error)
         report.duration_ms = (time.monotonic() - started) * 1000
         _health(conn, report)
         conn.commit()
     return report
+
+
+def record_pass(
+    conn: psycopg.Connection[Any], rec: Record, *, watermark: float, since: float, tz: ZoneInfo
+) -> RuleReport:
+    """Compute a record's periods that ended since its watermark (and its `delay` before the
+    pass's watermark), no further than the record it reads, if any."""
+
+    def work(after: float) -> tuple[int, float]:
+        upto = watermark - rec.delay
+        source = source_of(rec)
+        if source is not None:
+            covered_by_source = _watermark_of(conn, source)
+            upto = after if covered_by_source is None else min(upto, covered_by_source)
+        rows = run_record(conn, rec, after, upto, tz) if upto > after else 0
+        # what the record covers: the rules and KPIs reading it go no further
+        return rows, covered(rec, after, upto, tz)
+
+    return _locked_pass(conn, RuleReport(rec.id, record=True), since, work)
 
 
 def kpi_pass(
     conn: psycopg.Connection[Any], kpi: Kpi, *, watermark: float, since: float, tz: ZoneInfo
 ) -> RuleReport:
-    """Score a KPI's periods from the one its watermark is in up to the watermark (a period
-    still running is rescored on every pass)."""
-    report = RuleReport(f"kpi:{kpi.id}", record=True)
-    started = time.monotonic()
-    conn.commit()
-    try:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (report.rule_id,))
-            row = conn.execute(
-                "SELECT watermark FROM rule_health WHERE rule_id = %s", (report.rule_id,)
-            ).fetchone()
-            after = row[0].timestamp() if row and row[0] is not None else since
-            source = conn.execute(
-                "SELECT watermark FROM rule_health WHERE rule_id = %s", (kpi.source,)
-            ).fetchone()
-            upto = min(watermark, source[0].timestamp()) if source and source[0] else after
-            if upto > after:  # only when its record has moved on
-                report.evaluations = refresh_kpi(conn, kpi, after=after, upto=upto, tz=tz)
-            report.watermark = max(after, upto)
-            report.duration_ms = (time.monotonic() - started) * 1000
-            _health(conn, report)
-    except (psycopg.Error, ValueError, ArithmeticError, KeyError) as exc:
-        report = RuleReport(report.rule_id, error=f"{type(exc).__name__}: {exc}", record=True)
-        log.error("KPI %s failed: %s", kpi.id, report.error)
-        report.duration_ms = (time.monotonic() - started) * 1000
-        _health(conn, report)
-        conn.commit()
-    return report
+    """Score a KPI's periods from the one its watermark is in up to what its record covers (a
+    period still running is rescored whenever the record moves on)."""
+
+    def work(after: float) -> tuple[int, float]:
+        source = _watermark_of(conn, kpi.source)
+        upto = after if source is None else min(watermark, source)
+        rows = refresh_kpi(conn, kpi, after=after, upto=upto, tz=tz) if upto > after else 0
+        return rows, max(after, upto)
+
+    return _locked_pass(conn, RuleReport(f"kpi:{kpi.id}", record=True), since, work)
 
 
 def run_pass(

@@ -21,14 +21,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RecordTitle(_Strict):
+class Title(_Strict):
     zh: str = Field(min_length=1)
     en: str = Field(min_length=1)
 
 
 class _Record(_Strict):
     id: str = Field(pattern=ID_PATTERN)
-    title: RecordTitle
+    title: Title
     unit: str = ""
     source: str = Field("", description="the clause or standard the computation follows")
     # how long after a period ends to wait for slow meters before computing it once
