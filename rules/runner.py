@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -144,13 +144,17 @@ def fetch_series(
     out = {d: EntitySeries(d, [], [], interval) for d, interval in devices}
     if rule.type == "no_data":
         # a device silent for longer than the lookback has its last reading before it
-        for device, t, v in _last_before(conn, rule, [d for d, _ in devices], first - lookback):
-            s = out[device]
-            s.times.append(t)
-            s.values.append(v)
+        _append(out, _last_before(conn, rule, [d for d, _ in devices], first - lookback))
     conn.commit()
-    for device, t, v in rows:
-        s = out[str(device)]
+    return _append(out, rows)
+
+
+def _append(
+    out: dict[str, EntitySeries], rows: Iterable[tuple[Any, Any, Any]]
+) -> dict[str, EntitySeries]:
+    """Add (entity, time, value) rows, in time order, to the entities' series."""
+    for entity, t, v in rows:
+        s = out[str(entity)]
         s.times.append(float(t))
         s.values.append(float(v))
     return out
@@ -196,12 +200,7 @@ def _fetch_recorded(
         (series, [e for e, _ in entities], after, last),
     ).fetchall()
     conn.commit()
-    out = {e: EntitySeries(e, [], []) for e, _ in entities}
-    for entity, t, v in rows:
-        s = out[str(entity)]
-        s.times.append(float(t))
-        s.values.append(float(v))
-    return out
+    return _append({e: EntitySeries(e, [], []) for e, _ in entities}, rows)
 
 
 def _fetch_quarantined(
@@ -214,7 +213,7 @@ def _fetch_quarantined(
     """Each device's quarantined messages of those reasons, as 1s at their arrival times."""
     rows = conn.execute(
         """
-        SELECT device_id, extract(epoch FROM received_at)::float8 FROM quarantine
+        SELECT device_id, extract(epoch FROM received_at)::float8, 1.0 FROM quarantine
          WHERE reason = ANY(%s) AND device_id = ANY(%s) AND received_at > to_timestamp(%s)
            AND received_at <= to_timestamp(%s)
          ORDER BY device_id, received_at
@@ -222,12 +221,7 @@ def _fetch_quarantined(
         (reasons, [d for d, _ in devices], after, last),
     ).fetchall()
     conn.commit()
-    out = {d: EntitySeries(d, [], []) for d, _ in devices}
-    for device, t in rows:
-        s = out[str(device)]
-        s.times.append(float(t))
-        s.values.append(1.0)
-    return out
+    return _append({d: EntitySeries(d, [], []) for d, _ in devices}, rows)
 
 
 @dataclass(frozen=True, slots=True)
