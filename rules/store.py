@@ -208,6 +208,13 @@ def _save(
             Status.RESOLVED: "resolved",
             Status.INACTIVE: "cancelled",
         }.get(t.to_status)
+        if t.to_status in (Status.FIRING, Status.RESOLVED):
+            # the transactional outbox: whoever must hear of it will, once (rules.notify)
+            cur.execute(
+                "INSERT INTO notify_outbox (alert_id, kind, at, value) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (alert_id, t.to_status.value, t.at, t.value),
+            )
         if final is not None:
             cur.execute(
                 """

@@ -376,6 +376,99 @@ def cmd_rules_kpi(args: argparse.Namespace) -> int:
 # --- services ----------------------------------------------------------------------------------
 
 
+def _notify_context(settings: Settings, files: list[str]) -> Any:
+    from zoneinfo import ZoneInfo
+
+    from rules.model import load_rules
+    from rules.notify.config import load_config
+    from rules.notify.service import Context
+    from urbanpulse.contract.registry import default_registry
+
+    config = load_config(settings.notify_config)
+    rules = load_rules(_rule_files(files), default_registry()).rules
+    return Context(config, {r.id: r for r in rules}, ZoneInfo(settings.timezone))
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from rules.notify.service import registry as notify_registry
+    from rules.notify.service import run_forever, run_once
+    from urbanpulse.db.connect import connect
+
+    settings = _settings(args)
+    ctx = _notify_context(settings, args.rules)
+    off = [n for n, c in ctx.config.channels.items() if not c.resolved_url()]
+    if off:
+        log.warning("channels off (their URL variable is not set): %s", ", ".join(off))
+    with connect(settings.database_url) as conn:
+        if args.once:
+            got = run_once(conn, ctx, datetime.now(UTC))
+            print(", ".join(f"{k} {v}" for k, v in got.items()))
+            return 0
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, addr="127.0.0.1", registry=notify_registry)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        log.info("notifier running (every %.0f s)", args.interval)
+        run_forever(conn, ctx, stop=stop, interval_s=args.interval, clock=lambda: datetime.now(UTC))
+    return 0
+
+
+def cmd_notify_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ctx = _notify_context(settings, args.rules)
+    cfg = ctx.config
+    print(f"{len(cfg.departments)} department(s), {len(cfg.channels)} channel(s): OK")
+    for name, ch in cfg.channels.items():
+        state = "on" if ch.resolved_url() else f"off (set {ch.url_env})"
+        print(f"  {name:<16} {ch.type:<8} {state}")
+    return 0
+
+
+def cmd_silences(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from rules.notify.silences import add_silence, expire_silence, list_silences, parse_matchers
+    from urbanpulse.db.connect import connect
+    from urbanpulse.durations import parse_offset
+
+    settings = _settings(args)
+    now = datetime.now(UTC)
+    with connect(settings.database_url) as conn:
+        if args.silences_command == "add":
+            starts = datetime.fromisoformat(args.starts) if args.starts else now
+            if starts.tzinfo is None:
+                raise UrbanPulseError("--starts needs a timezone, e.g. 2026-11-20T08:00+08:00")
+            ends = starts + timedelta(seconds=parse_offset(args.duration))
+            sid = add_silence(
+                conn,
+                parse_matchers(args.match),
+                starts_at=starts,
+                ends_at=ends,
+                author=args.author,
+                reason=args.reason,
+            )
+            print(f"silence {sid}: {starts.isoformat()} → {ends.isoformat()}")
+            return 0
+        if args.silences_command == "expire":
+            if not expire_silence(conn, args.id):
+                raise UrbanPulseError(f"no active silence {args.id}")
+            print(f"silence {args.id} expired")
+            return 0
+        for sid, matchers, starts, ends, author, reason, expired in list_silences(
+            conn, include_ended=args.all, now=now
+        ):
+            m = ", ".join(f"{k}={v}" for k, v in matchers.items())
+            end = f"expired {expired:%Y-%m-%d %H:%M}" if expired else f"until {ends:%Y-%m-%d %H:%M}"
+            print(f"  {sid:>5} {m:<40} from {starts:%Y-%m-%d %H:%M} {end}  {author}: {reason}")
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.service import run_ingest
 
@@ -588,6 +681,39 @@ def build_parser() -> argparse.ArgumentParser:
     kp.add_argument("--json", action="store_true", help="machine-readable output")
     kp.add_argument("--files", nargs="*", default=[], metavar="FILE", help="rule files")
     kp.set_defaults(func=cmd_rules_kpi)
+
+    nt = sub.add_parser("notify", help="deliver alerts to the departments that own them")
+    nt.add_argument(
+        "--once", action="store_true", help="one pass (plan, escalate, send), then exit"
+    )
+    nt.add_argument("--interval", type=float, default=2.0, help="seconds between passes")
+    nt.add_argument("--rules", nargs="*", default=[], metavar="FILE", help="rule files")
+    nt.set_defaults(func=cmd_notify)
+    ntsub = nt.add_subparsers(dest="notify_command", metavar="ACTION")
+    ntc = ntsub.add_parser("check", help="validate the notify file; list channels on and off")
+    ntc.add_argument("--rules", nargs="*", default=[], metavar="FILE", help="rule files")
+    ntc.set_defaults(func=cmd_notify_check)
+    sil = sub.add_parser("silences", help="silences and maintenance windows")
+    silsub = sil.add_subparsers(dest="silences_command", required=True, metavar="ACTION")
+    sa = silsub.add_parser("add", help="hold back the notifications of matching alerts")
+    sa.add_argument(
+        "--match",
+        action="append",
+        required=True,
+        metavar="KEY=VALUE",
+        help="rule_id, entity, zone, district, domain, severity, owner or labels.NAME; "
+        "repeat for more (all must match); VALUE* matches by prefix",
+    )
+    sa.add_argument("--starts", help="start (ISO 8601 with timezone; default now)")
+    sa.add_argument("--for", dest="duration", required=True, help="how long, e.g. 2h or 3d")
+    sa.add_argument("--author", required=True)
+    sa.add_argument("--reason", required=True)
+    silsub.add_parser("list", help="active and future silences").add_argument(
+        "--all", action="store_true", help="ended ones too"
+    )
+    se = silsub.add_parser("expire", help="end a silence now")
+    se.add_argument("id", type=int)
+    sil.set_defaults(func=cmd_silences)
 
     ing = sub.add_parser("ingest", help="run an ingest worker (MQTT → database)")
     ing.add_argument(

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         description="The city's timezone: local days, months and night hours of the recording "
         "rules and KPIs",
     )
+    notify_config: Path | None = Field(
+        None, description="The notify file (channels, departments, routes); default: packaged"
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus metrics port of a service (0: disabled)"
     )

@@ -1,0 +1,135 @@
+"""The notify file: channels, departments with their escalation levels, routes and timings.
+
+Strict YAML (unknown keys are errors, reported with file:line). Secrets never sit in the file:
+a channel names the environment variable that holds its URL (`url_env`) or header values
+(`headers_env`), read when a message is sent and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from urbanpulse.durations import Duration
+from urbanpulse.errors import ConfigError
+from urbanpulse.yamlfile import load_yaml_model
+
+SEVERITIES = ("info", "warning", "major", "critical")
+ESCALATION: dict[str, float | None] = {"critical": 900.0, "major": 1800.0, "warning": 7200.0}
+MATCH_KEYS = ("rule_id", "entity", "severity", "owner", "zone", "district", "domain")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Channel(_Strict):
+    """One delivery endpoint: an apprise URL (DingTalk, WeCom and Feishu robots, email over
+    SMTP, …) or a JSON webhook (also the way to an SMS gateway)."""
+
+    type: Literal["apprise", "webhook"]
+    url: str | None = None
+    url_env: str | None = None  # the environment variable holding the URL (with its secret)
+    headers: dict[str, str] = Field(default_factory=dict)  # webhook only
+    headers_env: dict[str, str] = Field(default_factory=dict)  # header → environment variable
+    timeout: Duration = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> Channel:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url or url_env")
+        if self.type == "apprise" and (self.headers or self.headers_env):
+            raise ValueError("headers are for webhook channels")
+        return self
+
+    def resolved_url(self) -> str | None:
+        """The URL to send to, or None when its environment variable is not set."""
+        if self.url is not None:
+            return self.url
+        return os.environ.get(self.url_env or "") or None
+
+    def resolved_headers(self) -> dict[str, str]:
+        out = dict(self.headers)
+        for name, var in self.headers_env.items():
+            value = os.environ.get(var)
+            if value:
+                out[name] = value
+        return out
+
+
+class Department(_Strict):
+    # channel names per escalation level: level 0 hears first; each further level when an
+    # alert stays firing and unacknowledged for the escalation delay
+    levels: list[list[str]] = Field(min_length=1)
+
+
+class Route(_Strict):
+    """Send alerts whose fields all match to `department` instead of the rule's owner (and to
+    the departments of `also` as well)."""
+
+    match: dict[str, str] = Field(min_length=1)
+    department: str | None = None
+    also: list[str] = Field(default_factory=list)
+
+    @field_validator("match")
+    @classmethod
+    def _known_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = [k for k in value if k not in MATCH_KEYS and not k.startswith("labels.")]
+        if unknown:
+            raise ValueError(f"unknown match keys {unknown}; use {', '.join(MATCH_KEYS)}")
+        return value
+
+
+class Digest(_Strict):
+    at: str = Field("08:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")  # local time, each day
+    enabled: bool = True
+
+
+class NotifyConfig(_Strict):
+    group_wait: Duration = Field(30.0, ge=0)  # wait for more alerts before a group goes out
+    # how long a firing alert may stay unacknowledged before the next level hears of it
+    escalation: dict[str, Duration | None] = Field(default_factory=lambda: dict(ESCALATION))
+    max_attempts: int = Field(8, ge=1)
+    backoff: Duration = Field(30.0, gt=0)  # doubled after each failed attempt
+    backoff_max: Duration = Field(1800.0, gt=0)
+    lease: Duration = Field(120.0, gt=0)  # a claimed message is retried after this
+    ack_url: str = "http://127.0.0.1:8000/alerts/{alert_id}"
+    channels: dict[str, Channel]
+    departments: dict[str, Department]
+    routes: list[Route] = Field(default_factory=list)
+    digest: Digest = Digest()
+
+    @model_validator(mode="after")
+    def _references(self) -> NotifyConfig:
+        problems = [
+            f"escalation: {k!r} is not a severity" for k in self.escalation if k not in SEVERITIES
+        ]
+        for name, dept in self.departments.items():
+            for level in dept.levels:
+                problems += [f"{name}: no channel {c!r}" for c in level if c not in self.channels]
+        for i, route in enumerate(self.routes):
+            for d in [route.department, *route.also]:
+                if d is not None and d not in self.departments:
+                    problems.append(f"routes[{i}]: no department {d!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def escalation_after(self, severity: str) -> float | None:
+        return self.escalation.get(severity)
+
+
+def default_config_path() -> Path:
+    return Path(__file__).parent / "notify.yaml"
+
+
+def load_config(path: Path | None = None) -> NotifyConfig:
+    path = path or default_config_path()
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the notify file {path}: {exc}") from exc
+    return load_yaml_model(NotifyConfig, text, str(path), "notify file")

@@ -1,0 +1,439 @@
+"""The notifier, `urbanpulse notify`: outbox → notifications → deliveries, and escalation.
+
+Each step is its own short transaction and takes its rows with SKIP LOCKED, so notifiers can
+run side by side and any of them can die at any moment:
+
+1. plan: once the oldest unplanned outbox row is `group_wait` old, every unplanned row is
+   routed (silenced alerts are recorded, not notified), grouped per department and kind, and
+   rendered into one notification per channel of the department's first level, each with an
+   idempotency key; the outbox rows are marked planned in the same transaction.
+2. escalate: a firing alert nobody acknowledged within its severity's delay goes to the
+   department's next level.
+3. deliver: due notifications are claimed for a lease, sent (each channel on its own thread,
+   so a slow or failing channel holds up no other), and the result of every attempt recorded;
+   a failure is retried with doubling backoff, up to `max_attempts`, then marked dead. A
+   notifier killed mid-send leaves its claim to expire and the message is sent again, with the
+   same idempotency key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from rules.model import Rule
+from rules.notify.channels import DeliveryError, send
+from rules.notify.config import NotifyConfig
+from rules.notify.core import (
+    AlertInfo,
+    Silence,
+    backoff,
+    condition_text,
+    group_key,
+    render,
+    route,
+    silenced_by,
+)
+
+log = logging.getLogger(__name__)
+Conn = psycopg.Connection[Any]
+
+registry = CollectorRegistry()
+SENT = Counter("urbanpulse_notify_sent", "Messages delivered", ["channel"], registry=registry)
+FAILED = Counter(
+    "urbanpulse_notify_failed", "Delivery attempts that failed", ["channel"], registry=registry
+)
+DEAD = Counter(
+    "urbanpulse_notify_dead", "Messages given up after max attempts", ["channel"], registry=registry
+)
+BACKLOG = Gauge("urbanpulse_notify_backlog", "Messages waiting to be sent", registry=registry)
+
+
+@dataclass(frozen=True)
+class Context:
+    config: NotifyConfig
+    rules: dict[str, Rule]
+    tz: ZoneInfo
+
+
+def load_alerts(conn: Conn, ctx: Context, ids: list[int]) -> dict[int, AlertInfo]:
+    rows = conn.execute(
+        """
+        SELECT a.id, a.rule_id, a.entity, a.status, a.severity, a.owner, a.labels, a.value,
+               a.started_at, a.ended_at, d.name, coalesce(d.zone, a.entity),
+               coalesce(d.attributes ->> 'district', z.district)
+          FROM alerts a LEFT JOIN devices d ON d.device_id = a.entity
+          LEFT JOIN LATERAL (  -- an alert about a zone (a DMA): the district of its devices
+                SELECT attributes ->> 'district' AS district FROM devices
+                 WHERE zone = a.entity AND attributes ? 'district' LIMIT 1) z ON d.device_id IS NULL
+         WHERE a.id = ANY(%s)
+        """,
+        (ids,),
+    ).fetchall()
+    out: dict[int, AlertInfo] = {}
+    for r in rows:
+        rule = ctx.rules.get(str(r[1]))
+        clause = ""
+        if rule is not None:
+            std = rule.implements.standard
+            clause = f"{rule.implements.clause}{f'；{std}' if std else ''}"
+        out[int(r[0])] = AlertInfo(
+            id=int(r[0]),
+            rule_id=str(r[1]),
+            entity=str(r[2]),
+            status=str(r[3]),
+            severity=str(r[4]),
+            owner=str(r[5]),
+            labels=dict(r[6]),
+            value=r[7],
+            started_at=r[8],
+            ended_at=r[9],
+            title_zh=rule.title.zh if rule else str(r[1]),
+            title_en=rule.title.en if rule else str(r[1]),
+            clause=clause,
+            condition=condition_text(rule),
+            place=str(r[10]) if r[10] else "",
+            zone=str(r[11]) if r[11] else None,
+            district=str(r[12]) if r[12] else None,
+        )
+    return out
+
+
+def active_silences(conn: Conn, now: datetime) -> list[Silence]:
+    rows = conn.execute(
+        """
+        SELECT id, matchers, starts_at, ends_at, author, reason FROM silences
+         WHERE expired_at IS NULL AND starts_at <= %s AND ends_at > %s ORDER BY id
+        """,
+        (now, now),
+    ).fetchall()
+    return [Silence(int(i), dict(m), s, e, str(a), str(r)) for i, m, s, e, a, r in rows]
+
+
+def _insert(
+    conn: Conn,
+    ctx: Context,
+    *,
+    key: str,
+    department: str,
+    level: int,
+    channel: str,
+    kind: str,
+    msg: Any,
+) -> int:
+    """Plan one message to one channel (once per key). A channel whose URL variable is not
+    set gets its message recorded as dead, with the variable to set, rather than retried."""
+    cfg = ctx.config.channels[channel]
+    off = None if cfg.resolved_url() else f"channel not configured: set {cfg.url_env}"
+    cur = conn.execute(
+        """
+        INSERT INTO notifications (idempotency_key, department, level, channel, kind, alert_ids,
+                                   title, body, state, last_error)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        """,
+        (
+            key,
+            department,
+            level,
+            channel,
+            kind,
+            msg.alert_ids,
+            msg.title,
+            msg.body,
+            "dead" if off else "pending",
+            off,
+        ),
+    )
+    return max(cur.rowcount, 0)
+
+
+def plan(conn: Conn, ctx: Context, now: datetime) -> int:
+    """Turn the outbox into notifications once its oldest row has waited `group_wait`;
+    returns the notifications created."""
+    conn.commit()
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT id, alert_id, kind, created_at FROM notify_outbox "
+            "WHERE processed_at IS NULL ORDER BY id FOR UPDATE SKIP LOCKED"
+        ).fetchall()
+        if not rows or now - min(r[3] for r in rows) < timedelta(seconds=ctx.config.group_wait):
+            return 0
+        infos = load_alerts(conn, ctx, sorted({int(r[1]) for r in rows}))
+        silences = active_silences(conn, now)
+        groups: dict[tuple[str, str], list[tuple[int, AlertInfo]]] = defaultdict(list)
+        for outbox_id, alert_id, kind, _ in rows:
+            info = infos.get(int(alert_id))
+            if info is None:
+                continue
+            silence = silenced_by(info, silences, now)
+            departments = route(info, ctx.config)
+            if kind == "firing" and departments:
+                _start_escalation(conn, ctx, info, departments[0], now=now, silence=silence)
+            elif kind == "resolved":
+                conn.execute(
+                    "UPDATE alert_notify_state SET escalate_at = NULL WHERE alert_id = %s",
+                    (info.id,),
+                )
+            if silence is not None:
+                log.info("alert %s %s silenced by silence %d", info.id, kind, silence.id)
+                continue
+            for dept in departments:
+                groups[(dept, str(kind))].append((int(outbox_id), info))
+        created = 0
+        for (dept, kind), items in sorted(groups.items()):
+            msg = render(kind, dept, [i for _, i in items], ctx.config, ctx.tz)
+            ids = [o for o, _ in items]
+            for channel in ctx.config.departments[dept].levels[0]:
+                created += _insert(
+                    conn,
+                    ctx,
+                    key=group_key(kind, channel, ids),
+                    department=dept,
+                    level=0,
+                    channel=channel,
+                    kind=kind,
+                    msg=msg,
+                )
+        conn.execute(
+            "UPDATE notify_outbox SET processed_at = now() WHERE id = ANY(%s)",
+            ([int(r[0]) for r in rows],),
+        )
+    return created
+
+
+def _start_escalation(
+    conn: Conn,
+    ctx: Context,
+    info: AlertInfo,
+    department: str,
+    *,
+    now: datetime,
+    silence: Silence | None,
+) -> None:
+    levels = ctx.config.departments[department].levels
+    delay = ctx.config.escalation_after(info.severity)
+    escalate_at = now + timedelta(seconds=delay) if delay is not None and len(levels) > 1 else None
+    conn.execute(
+        """
+        INSERT INTO alert_notify_state (alert_id, department, level, notified_at, escalate_at,
+                                        silenced_by)
+        VALUES (%s, %s, 0, %s, %s, %s)
+        ON CONFLICT (alert_id) DO UPDATE SET department = EXCLUDED.department, level = 0,
+            notified_at = EXCLUDED.notified_at, escalate_at = EXCLUDED.escalate_at,
+            silenced_by = EXCLUDED.silenced_by
+        """,
+        (info.id, department, now, escalate_at, None if silence is None else silence.id),
+    )
+
+
+def escalate(conn: Conn, ctx: Context, now: datetime) -> int:
+    """Notify the next level of every firing alert left unacknowledged past its delay;
+    returns the notifications created. Acknowledged, resolved or silenced alerts stop."""
+    conn.commit()
+    created = 0
+    with conn.transaction():
+        due = conn.execute(
+            """
+            SELECT s.alert_id, s.department, s.level, a.status, k.alert_id IS NOT NULL
+              FROM alert_notify_state s JOIN alerts a ON a.id = s.alert_id
+              LEFT JOIN alert_acks k ON k.alert_id = s.alert_id
+             WHERE s.escalate_at <= %s FOR UPDATE OF s SKIP LOCKED
+            """,
+            (now,),
+        ).fetchall()
+        if not due:
+            return 0
+        infos = load_alerts(conn, ctx, [int(r[0]) for r in due])
+        silences = active_silences(conn, now)
+        for alert_id, dept, level, status, acked in due:
+            info = infos[int(alert_id)]
+            levels = ctx.config.departments[dept].levels if dept in ctx.config.departments else []
+            nxt = int(level) + 1
+            if status != "firing" or acked or nxt >= len(levels):
+                conn.execute(
+                    "UPDATE alert_notify_state SET escalate_at = NULL WHERE alert_id = %s",
+                    (alert_id,),
+                )
+                continue
+            delay = ctx.config.escalation_after(info.severity)
+            later = (
+                now + timedelta(seconds=delay)
+                if delay is not None and nxt + 1 < len(levels)
+                else None
+            )
+            conn.execute(
+                "UPDATE alert_notify_state SET level = %s, escalate_at = %s WHERE alert_id = %s",
+                (nxt, later, alert_id),
+            )
+            if silenced_by(info, silences, now) is not None:
+                continue
+            msg = render("escalation", dept, [info], ctx.config, ctx.tz, level=nxt)
+            for channel in levels[nxt]:
+                created += _insert(
+                    conn,
+                    ctx,
+                    key=f"escalation:{alert_id}:{nxt}:{channel}",
+                    department=dept,
+                    level=nxt,
+                    channel=channel,
+                    kind="escalation",
+                    msg=msg,
+                )
+    return created
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    channel: str
+    title: str
+    body: str
+    key: str
+    attempts: int
+
+
+def _claim(conn: Conn, ctx: Context, now: datetime, limit: int) -> list[Claimed]:
+    conn.commit()
+    with conn.transaction():
+        rows = conn.execute(
+            """
+            UPDATE notifications SET state = 'sending', claimed_until = %(until)s
+             WHERE id IN (
+                SELECT id FROM notifications
+                 WHERE (state = 'pending' AND next_attempt_at <= %(now)s)
+                    OR (state = 'sending' AND claimed_until <= %(now)s)
+                 ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+            RETURNING id, channel, title, body, idempotency_key, attempts
+            """,
+            {
+                "now": now,
+                "until": now + timedelta(seconds=ctx.config.lease),
+                "limit": limit,
+            },
+        ).fetchall()
+    out = [Claimed(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5])) for r in rows]
+    return sorted(out, key=lambda c: c.id)
+
+
+def _record(
+    conn: Conn, ctx: Context, item: Claimed, *, error: str | None, took_ms: float, now: datetime
+) -> None:
+    attempts = item.attempts + 1
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO notification_attempts (notification_id, ok, error, duration_ms) "
+            "VALUES (%s, %s, %s, %s)",
+            (item.id, error is None, error, took_ms),
+        )
+        if error is None:
+            conn.execute(
+                "UPDATE notifications SET state = 'sent', sent_at = now(), attempts = %s, "
+                "claimed_until = NULL WHERE id = %s",
+                (attempts, item.id),
+            )
+            SENT.labels(item.channel).inc()
+            return
+        FAILED.labels(item.channel).inc()
+        dead = attempts >= ctx.config.max_attempts
+        if dead:
+            DEAD.labels(item.channel).inc()
+            log.error("notification %d to %s given up: %s", item.id, item.channel, error)
+        conn.execute(
+            """
+            UPDATE notifications SET state = %s, attempts = %s, last_error = %s,
+                   next_attempt_at = %s, claimed_until = NULL WHERE id = %s
+            """,
+            (
+                "dead" if dead else "pending",
+                attempts,
+                error,
+                now + timedelta(seconds=backoff(ctx.config, attempts)),
+                item.id,
+            ),
+        )
+
+
+def deliver(conn: Conn, ctx: Context, now: datetime, *, limit: int = 200) -> tuple[int, int]:
+    """Send what is due; returns (sent, failed). Each channel sends on a thread of its own."""
+    claimed = _claim(conn, ctx, now, limit)
+    if not claimed:
+        return 0, 0
+    pools: dict[str, ThreadPoolExecutor] = {}
+    futures: dict[Future[tuple[str | None, float]], Claimed] = {}
+    for item in claimed:
+        pool = pools.setdefault(item.channel, ThreadPoolExecutor(max_workers=1))
+        futures[pool.submit(_send_one, ctx, item)] = item
+    sent = failed = 0
+    try:
+        for fut in as_completed(futures):
+            item = futures[fut]
+            error, took_ms = fut.result()
+            _record(conn, ctx, item, error=error, took_ms=took_ms, now=now)
+            sent += error is None
+            failed += error is not None
+    finally:
+        for pool in pools.values():
+            pool.shutdown(wait=True)
+    return sent, failed
+
+
+def _send_one(ctx: Context, item: Claimed) -> tuple[str | None, float]:
+    started = time.monotonic()
+    channel = ctx.config.channels.get(item.channel)
+    try:
+        if channel is None:
+            raise DeliveryError(f"no channel {item.channel!r} in the notify file")
+        send(channel, title=item.title, body=item.body, key=item.key)
+        error = None
+    except DeliveryError as exc:
+        error = str(exc)
+        log.warning("notification %d to %s failed: %s", item.id, item.channel, error)
+    return error, (time.monotonic() - started) * 1000
+
+
+def backlog(conn: Conn) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM notifications WHERE state IN ('pending', 'sending')"
+    ).fetchone()
+    conn.commit()
+    return int(row[0]) if row else 0
+
+
+def run_once(conn: Conn, ctx: Context, now: datetime) -> dict[str, int]:
+    planned = plan(conn, ctx, now)
+    escalated = escalate(conn, ctx, now)
+    sent, failed = deliver(conn, ctx, now)
+    BACKLOG.set(backlog(conn))
+    return {"planned": planned, "escalated": escalated, "sent": sent, "failed": failed}
+
+
+def run_forever(
+    conn: Conn,
+    ctx: Context,
+    *,
+    stop: threading.Event,
+    interval_s: float = 2.0,
+    clock: Callable[[], datetime],
+) -> None:
+    while not stop.is_set():
+        try:
+            got = run_once(conn, ctx, clock())
+        except psycopg.OperationalError as exc:
+            log.error("notifier: database trouble, retrying: %s", exc)
+            stop.wait(min(30.0, interval_s * 5))
+            continue
+        if any(got.values()):
+            log.info("notifier: %s", ", ".join(f"{k} {v}" for k, v in got.items()))
+        stop.wait(interval_s)
