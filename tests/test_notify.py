@@ -30,7 +30,8 @@ from tests.receivers import HttpReceiver, SmtpReceiver
 from urbanpulse.contract import default_registry
 
 TZ = ZoneInfo("Asia/Shanghai")
-RULES = {r.id: r for r in load_rules(catalogue_files(), default_registry()).rules}
+CATALOGUE = load_rules(catalogue_files(), default_registry())
+RULES = {r.id: r for r in CATALOGUE.rules}
 PONDING = RULES["flood.ponding_15cm"]
 META = AlertMeta(PONDING.id, PONDING.severity, PONDING.owner, PONDING.labels)
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -78,7 +79,7 @@ def http() -> Iterator[HttpReceiver]:
 
 
 def ctx_of(cfg: NotifyConfig) -> Context:
-    return Context(cfg, RULES, TZ)
+    return Context(cfg, RULES, TZ, tuple(CATALOGUE.kpis))
 
 
 def at(minutes: float) -> datetime:
@@ -302,3 +303,35 @@ def test_killed_while_sending_then_restarted_each_message_arrives_once(
     assert planned is not None and len(keys) == planned[0] > 1
     assert len(set(keys)) == len(keys)  # none twice
     assert second.returncode == 0
+
+
+def test_the_daily_digest_has_the_kpis_the_alerts_of_the_day_and_a_chart(
+    conn: Conn, smtp: SmtpReceiver, http: HttpReceiver
+) -> None:
+    cfg = config(smtp, http, digest={"at": "08:30"})
+    ctx = ctx_of(cfg)
+    for entity, value in (("DMA-XLH", 30.5), ("DMA-SNH", 8.1), ("中心城区", 17.4)):
+        conn.execute(
+            "INSERT INTO kpi_values (kpi_id, entity, period, period_start, value, target, "
+            "compliant) VALUES ('water.leakage_month', %s, 'month', '2026-11-01', %s, 10, %s)",
+            (entity, value, value < 10),
+        )
+    raise_alerts(conn, "fl-a")  # 16:00 local on the 27th
+    conn.execute("UPDATE notify_outbox SET processed_at = now()")  # not what this test is about
+    conn.commit()
+    morning = datetime(2026, 11, 28, 8, 29, tzinfo=TZ)
+    assert run_once(conn, ctx, morning)["digests"] == 0  # not before 08:30
+    got = run_once(conn, ctx, morning + timedelta(minutes=2))
+    assert got["digests"] == 2 and got["sent"] == 2  # 区住房城乡建委's mail and robot
+    assert run_once(conn, ctx, morning + timedelta(minutes=5))["digests"] == 0  # once a day
+    [mail] = smtp.mails
+    assert "每日简报" in mail.subject and "2026-11-27" in mail.subject
+    text = mail.text
+    assert "供水管网漏损率" in text and "DMA-XLH" in text and "NOT MET" in text
+    assert "flood.ponding_15cm fl-a" in text
+    images = [p for p in mail.message.walk() if p.get_content_type() == "image/png"]
+    assert len(images) == 1
+    png = images[0].get_payload(decode=True)
+    assert isinstance(png, bytes) and png.startswith(b"\x89PNG")
+    [robot] = http.at("zjw-robot")
+    assert robot.body["attachments"] and "每日简报" in robot.body["title"]

@@ -385,8 +385,10 @@ def _notify_context(settings: Settings, files: list[str]) -> Any:
     from urbanpulse.contract.registry import default_registry
 
     config = load_config(settings.notify_config)
-    rules = load_rules(_rule_files(files), default_registry()).rules
-    return Context(config, {r.id: r for r in rules}, ZoneInfo(settings.timezone))
+    found = load_rules(_rule_files(files), default_registry())
+    return Context(
+        config, {r.id: r for r in found.rules}, ZoneInfo(settings.timezone), tuple(found.kpis)
+    )
 
 
 def cmd_notify(args: argparse.Namespace) -> int:

@@ -25,18 +25,20 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from rules.kpi import Kpi
 from rules.model import Rule
 from rules.notify.channels import DeliveryError, send
 from rules.notify.config import NotifyConfig
 from rules.notify.core import (
     AlertInfo,
+    Message,
     Silence,
     backoff,
     condition_text,
@@ -45,6 +47,7 @@ from rules.notify.core import (
     route,
     silenced_by,
 )
+from rules.notify.digest import build, digest_key
 
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]
@@ -65,6 +68,7 @@ class Context:
     config: NotifyConfig
     rules: dict[str, Rule]
     tz: ZoneInfo
+    kpis: tuple[Kpi, ...] = ()
 
 
 def load_alerts(conn: Conn, ctx: Context, ids: list[int]) -> dict[int, AlertInfo]:
@@ -131,6 +135,7 @@ def _insert(
     channel: str,
     kind: str,
     msg: Any,
+    attachment: tuple[str, bytes] | None = None,
 ) -> int:
     """Plan one message to one channel (once per key). A channel whose URL variable is not
     set gets its message recorded as dead, with the variable to set, rather than retried."""
@@ -139,8 +144,8 @@ def _insert(
     cur = conn.execute(
         """
         INSERT INTO notifications (idempotency_key, department, level, channel, kind, alert_ids,
-                                   title, body, state, last_error)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                   title, body, state, last_error, attachment_name, attachment)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (idempotency_key) DO NOTHING
         """,
         (
@@ -154,6 +159,8 @@ def _insert(
             msg.body,
             "dead" if off else "pending",
             off,
+            attachment[0] if attachment else None,
+            attachment[1] if attachment else None,
         ),
     )
     return max(cur.rowcount, 0)
@@ -302,6 +309,7 @@ class Claimed:
     body: str
     key: str
     attempts: int
+    attachment: tuple[str, bytes] | None = None
 
 
 def _claim(conn: Conn, ctx: Context, now: datetime, limit: int) -> list[Claimed]:
@@ -315,7 +323,8 @@ def _claim(conn: Conn, ctx: Context, now: datetime, limit: int) -> list[Claimed]
                  WHERE (state = 'pending' AND next_attempt_at <= %(now)s)
                     OR (state = 'sending' AND claimed_until <= %(now)s)
                  ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-            RETURNING id, channel, title, body, idempotency_key, attempts
+            RETURNING id, channel, title, body, idempotency_key, attempts, attachment_name,
+                      attachment
             """,
             {
                 "now": now,
@@ -323,7 +332,18 @@ def _claim(conn: Conn, ctx: Context, now: datetime, limit: int) -> list[Claimed]
                 "limit": limit,
             },
         ).fetchall()
-    out = [Claimed(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5])) for r in rows]
+    out = [
+        Claimed(
+            int(r[0]),
+            str(r[1]),
+            str(r[2]),
+            str(r[3]),
+            str(r[4]),
+            int(r[5]),
+            (str(r[6]), bytes(r[7])) if r[6] and r[7] is not None else None,
+        )
+        for r in rows
+    ]
     return sorted(out, key=lambda c: c.id)
 
 
@@ -395,7 +415,7 @@ def _send_one(ctx: Context, item: Claimed) -> tuple[str | None, float]:
     try:
         if channel is None:
             raise DeliveryError(f"no channel {item.channel!r} in the notify file")
-        send(channel, title=item.title, body=item.body, key=item.key)
+        send(channel, title=item.title, body=item.body, key=item.key, attachment=item.attachment)
         error = None
     except DeliveryError as exc:
         error = str(exc)
@@ -411,12 +431,63 @@ def backlog(conn: Conn) -> int:
     return int(row[0]) if row else 0
 
 
+def plan_digests(conn: Conn, ctx: Context, day: date) -> int:
+    """Each department's digest of the local `day` to the channels of its first level (once
+    per day and channel); returns the notifications created."""
+    created = 0
+    for dept, spec in ctx.config.departments.items():
+        got = build(conn, dept, list(ctx.kpis), day, ctx.tz)
+        if got is None:
+            continue
+        msg = Message(got.title, got.body)
+        chart = (f"digest-{day.isoformat()}.png", got.chart) if got.chart else None
+        with conn.transaction():
+            for channel in spec.levels[0]:
+                created += _insert(
+                    conn,
+                    ctx,
+                    key=digest_key(channel, dept, day),
+                    department=dept,
+                    level=0,
+                    channel=channel,
+                    kind="digest",
+                    msg=msg,
+                    attachment=chart,
+                )
+    return created
+
+
+def _digest_due(conn: Conn, ctx: Context, now: datetime) -> date | None:
+    """The day whose digest is due now and not yet planned (the day before, after `at`)."""
+    if not ctx.config.digest.enabled:
+        return None
+    local = now.astimezone(ctx.tz)
+    hour, minute = map(int, ctx.config.digest.at.split(":"))
+    if (local.hour, local.minute) < (hour, minute):
+        return None
+    day = local.date() - timedelta(days=1)
+    row = conn.execute(
+        "SELECT 1 FROM notifications WHERE kind = 'digest' AND idempotency_key LIKE %s LIMIT 1",
+        (f"digest:%:{day.isoformat()}",),
+    ).fetchone()
+    conn.commit()
+    return None if row else day
+
+
 def run_once(conn: Conn, ctx: Context, now: datetime) -> dict[str, int]:
     planned = plan(conn, ctx, now)
     escalated = escalate(conn, ctx, now)
+    day = _digest_due(conn, ctx, now)
+    digests = plan_digests(conn, ctx, day) if day is not None else 0
     sent, failed = deliver(conn, ctx, now)
     BACKLOG.set(backlog(conn))
-    return {"planned": planned, "escalated": escalated, "sent": sent, "failed": failed}
+    return {
+        "planned": planned,
+        "escalated": escalated,
+        "digests": digests,
+        "sent": sent,
+        "failed": failed,
+    }
 
 
 def run_forever(

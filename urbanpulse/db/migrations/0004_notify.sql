@@ -51,6 +51,8 @@ CREATE TABLE notifications (
     alert_ids       bigint[] NOT NULL DEFAULT '{}',
     title           text NOT NULL,
     body            text NOT NULL,
+    attachment_name text,                       -- e.g. the digest's chart (PNG)
+    attachment      bytea,
     state           text NOT NULL DEFAULT 'pending'
                     CHECK (state IN ('pending', 'sending', 'sent', 'dead')),
     attempts        integer NOT NULL DEFAULT 0,
