@@ -335,3 +335,37 @@ def test_the_daily_digest_has_the_kpis_the_alerts_of_the_day_and_a_chart(
     assert isinstance(png, bytes) and png.startswith(b"\x89PNG")
     [robot] = http.at("zjw-robot")
     assert robot.body["attachments"] and "每日简报" in robot.body["title"]
+
+
+def test_a_rule_may_have_its_own_escalation_delay_and_secrets_stay_out_of_errors() -> None:
+    from rules.notify.channels import redact
+    from rules.notify.config import load_config
+
+    cfg = load_config()  # the packaged file
+    assert cfg.escalation_after("critical", "air.heavy_pollution_warning") == 300
+    assert cfg.escalation_after("warning", "parking.occupancy_85") is None
+    assert cfg.escalation_after("critical", "flood.ponding_15cm") == 900
+    url = "dingtalk://SEC0123456789abcdef@a1b2c3d4e5f6token/"
+    said = "Failed to send DingTalk notification to a1b2c3d4e5f6token using SEC0123456789abcdef"
+    assert "token" not in redact(said, url) and "SEC0123" not in redact(said, url)
+
+
+def test_silences_and_notify_check_from_the_command_line(db_url: str) -> None:
+    from tests.test_cli import cli
+
+    env = {"URBANPULSE_DATABASE_URL": db_url, "URBANPULSE_TIMESCALEDB": "off"}
+    out = cli(
+        "silences", "add", "--match", "zone=DMA-XLH", "--match", "rule_id=water.*",
+        "--for", "2h", "--author", "张伟", "--reason", "管网维修", env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    listed = cli("silences", "list", env=env)
+    assert "zone=DMA-XLH, rule_id=water.*" in listed.stdout and "管网维修" in listed.stdout
+    bad = cli("silences", "add", "--match", "colour=red", "--for", "1h", "--author", "a",
+              "--reason", "b", env=env)  # fmt: skip
+    assert bad.returncode != 0 and "unknown key" in bad.stderr
+    assert cli("silences", "expire", "1", env=env).returncode == 0
+    assert "管网维修" not in cli("silences", "list", env=env).stdout
+    assert cli("silences", "expire", "1", env=env).returncode != 0  # already ended
+    check = cli("notify", "check", env=env)
+    assert check.returncode == 0 and "off (set URBANPULSE_NOTIFY_ZJW_DUTY)" in check.stdout

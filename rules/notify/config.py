@@ -92,6 +92,8 @@ class NotifyConfig(_Strict):
     group_wait: Duration = Field(30.0, ge=0)  # wait for more alerts before a group goes out
     # how long a firing alert may stay unacknowledged before the next level hears of it
     escalation: dict[str, Duration | None] = Field(default_factory=lambda: dict(ESCALATION))
+    # a rule's own delay, before its severity's (null: that rule never escalates)
+    escalation_rules: dict[str, Duration | None] = Field(default_factory=dict)
     max_attempts: int = Field(8, ge=1)
     backoff: Duration = Field(30.0, gt=0)  # doubled after each failed attempt
     backoff_max: Duration = Field(1800.0, gt=0)
@@ -118,7 +120,9 @@ class NotifyConfig(_Strict):
             raise ValueError("; ".join(problems))
         return self
 
-    def escalation_after(self, severity: str) -> float | None:
+    def escalation_after(self, severity: str, rule_id: str = "") -> float | None:
+        if rule_id in self.escalation_rules:
+            return self.escalation_rules[rule_id]
         return self.escalation.get(severity)
 
 

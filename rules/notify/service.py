@@ -230,7 +230,7 @@ def _start_escalation(
     silence: Silence | None,
 ) -> None:
     levels = ctx.config.departments[department].levels
-    delay = ctx.config.escalation_after(info.severity)
+    delay = ctx.config.escalation_after(info.severity, info.rule_id)
     escalate_at = now + timedelta(seconds=delay) if delay is not None and len(levels) > 1 else None
     conn.execute(
         """
@@ -274,7 +274,7 @@ def escalate(conn: Conn, ctx: Context, now: datetime) -> int:
                     (alert_id,),
                 )
                 continue
-            delay = ctx.config.escalation_after(info.severity)
+            delay = ctx.config.escalation_after(info.severity, info.rule_id)
             later = (
                 now + timedelta(seconds=delay)
                 if delay is not None and nxt + 1 < len(levels)
