@@ -369,3 +369,15 @@ def test_silences_and_notify_check_from_the_command_line(db_url: str) -> None:
     assert cli("silences", "expire", "1", env=env).returncode != 0  # already ended
     check = cli("notify", "check", env=env)
     assert check.returncode == 0 and "off (set URBANPULSE_NOTIFY_ZJW_DUTY)" in check.stdout
+
+
+def test_an_alert_no_department_takes_is_kept_visible_not_dropped(
+    conn: Conn, smtp: SmtpReceiver, http: HttpReceiver
+) -> None:
+    ctx = ctx_of(config(smtp, http))
+    traffic = AlertMeta("traffic.jam", "major", "区交通局", {"domain": "traffic"})
+    raise_alerts(conn, "tr-1", meta=traffic)
+    outbox_age(conn, 1)
+    run_once(conn, ctx, at(0))
+    row = conn.execute("SELECT state, last_error FROM notifications").fetchone()
+    assert row == ("dead", "no department '区交通局' in the notify file: add it, or a route")

@@ -196,6 +196,8 @@ def plan(conn: Conn, ctx: Context, now: datetime) -> int:
             if silence is not None:
                 log.info("alert %s %s silenced by silence %d", info.id, kind, silence.id)
                 continue
+            if not departments:  # kept, visible and dead, rather than dropped in silence
+                _unroutable(conn, int(outbox_id), info, str(kind))
             for dept in departments:
                 groups[(dept, str(kind))].append((int(outbox_id), info))
         created = 0
@@ -218,6 +220,19 @@ def plan(conn: Conn, ctx: Context, now: datetime) -> int:
             ([int(r[0]) for r in rows],),
         )
     return created
+
+
+def _unroutable(conn: Conn, outbox_id: int, info: AlertInfo, kind: str) -> None:
+    error = f"no department {info.owner!r} in the notify file: add it, or a route"
+    log.error("alert %s (%s): %s", info.id, info.rule_id, error)
+    conn.execute(
+        """
+        INSERT INTO notifications (idempotency_key, department, channel, kind, alert_ids, title,
+                                   body, state, last_error)
+        VALUES (%s, %s, '-', %s, %s, %s, '', 'dead', %s) ON CONFLICT DO NOTHING
+        """,
+        (f"unroutable:{outbox_id}", info.owner, kind, [info.id], info.title_zh, error),
+    )
 
 
 def _start_escalation(
