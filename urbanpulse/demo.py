@@ -159,6 +159,42 @@ def _alerts(settings: Settings, start: float, end: float, tz: str) -> tuple[list
     return lines or ["(none)"], kpis or ["(none scored)"]
 
 
+def _notifications(settings: Settings) -> list[str]:
+    """One notifier pass over the alerts just raised (no group wait): what each department
+    would be sent, and which channels are off until their URL variable is set."""
+    from collections import Counter
+
+    from rules.model import catalogue_files, load_rules
+    from rules.notify.config import load_config
+    from rules.notify.service import Context, deliver, plan
+    from urbanpulse.contract.registry import default_registry
+
+    found = load_rules(catalogue_files(), default_registry())
+    config = load_config(settings.notify_config).model_copy(update={"group_wait": 0.0})
+    ctx = Context(
+        config, {r.id: r for r in found.rules}, ZoneInfo(settings.timezone), tuple(found.kpis)
+    )
+    now = datetime.now(UTC)
+    with connect(settings.database_url) as conn:
+        planned = plan(conn, ctx, now)
+        sent, failed = deliver(conn, ctx, now)
+        rows = conn.execute(
+            "SELECT department, kind, state, title FROM notifications ORDER BY id"
+        ).fetchall()
+    per_dept = Counter((str(d), str(k)) for d, k, _, _ in rows)
+    lines = [f"{planned} message(s) planned, {sent} sent, {failed} failed now"]
+    lines += [f"{d:<10} {k:<9} {n} message(s)" for (d, k), n in sorted(per_dept.items())]
+    if rows:
+        lines.append(f"e.g. {rows[0][3]}")
+    off = sum(1 for c in config.channels.values() if not c.resolved_url())
+    if off:
+        lines.append(
+            f"{off} channel(s) are off until their URL variable is set (urbanpulse notify check);"
+            " their messages are kept as dead, with the variable to set"
+        )
+    return lines
+
+
 def demo_database(url: str) -> str:
     """The name of the demo's own database: the configured one with `_demo` appended."""
     return f"{database_name(url)}_demo"
@@ -320,6 +356,10 @@ def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> 
         _say("")
         _say("Plan KPIs (全区, and every place that misses its target):")
         for line in kpi_lines:
+            _say(f"  {line}")
+        _say("")
+        _say("Notifications to the departments (urbanpulse notify):")
+        for line in _notifications(settings):
             _say(f"  {line}")
     _say("")
     _say("Where to look next:")
