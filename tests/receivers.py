@@ -80,6 +80,7 @@ class HttpReceiver:
     requests: list[Request] = field(default_factory=list)
     fail: set[str] = field(default_factory=set)
     delay_s: float = 0.0
+    slow: dict[str, float] = field(default_factory=dict)  # path → seconds to answer
 
     def url(self, path: str, scheme: str = "http") -> str:
         return f"{scheme}://127.0.0.1:{self.port}/{path}"
@@ -94,8 +95,9 @@ class HttpReceiver:
             def do_POST(self) -> None:
                 size = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(size) or b"{}")
-                if receiver.delay_s:
-                    time.sleep(receiver.delay_s)
+                wait = receiver.slow.get(self.path, receiver.delay_s)
+                if wait:
+                    time.sleep(wait)
                 failing = self.path in receiver.fail
                 try:
                     self.send_response(500 if failing else 200)

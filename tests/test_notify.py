@@ -53,12 +53,18 @@ def config(smtp: SmtpReceiver, http: HttpReceiver, **over: Any) -> NotifyConfig:
             "yjj-robot": {"type": "apprise", "url": http.url("yjj-robot", "json")},
             "ops-robot": {"type": "webhook", "url": http.url("ops-robot")},
             "broken": {"type": "webhook", "url": http.url("broken")},
+            "slow": {"type": "webhook", "url": http.url("slow")},
             "unset": {"type": "apprise", "url_env": "URBANPULSE_TEST_NOT_SET"},
         },
         "departments": {
-            "区住房城乡建委": {"levels": [["zjw-mail", "zjw-robot"], ["zjw-leader"]]},
-            "区应急局": {"levels": [["yjj-robot"]]},
-            "运维中心": {"levels": [["ops-robot", "broken", "unset"]]},
+            "区住房城乡建委": {
+                "on_call": [
+                    {"people": ["张伟（值班员）"], "channels": ["zjw-mail", "zjw-robot"]},
+                    {"people": ["李娜（科长）"], "channels": ["zjw-leader"]},
+                ]
+            },
+            "区应急局": {"on_call": [{"channels": ["yjj-robot"]}]},
+            "运维中心": {"on_call": [{"channels": ["ops-robot", "broken", "unset"]}]},
         },
         "routes": [{"match": {"rule_id": "flood.ponding_15cm"}, "also": ["区应急局"]}],
     }
@@ -125,6 +131,7 @@ def test_alerts_are_grouped_per_department_and_channel_and_say_what_to_do(
     assert "车行道积水深度超过15厘米" in mail.subject
     text = mail.text
     assert text.index("责任单位") < text.index("Department")  # Chinese first, English second
+    assert "张伟（值班员）" in text
     for want in ("fl-a 低洼点", "fl-b", "21", ">= 15", "二、(四)", "GB 51222", "2026-11-27 16:00"):
         assert want in text, want
     assert "https://ops.example/alerts/" in text
@@ -179,6 +186,7 @@ def test_an_unacknowledged_alert_escalates_and_an_acknowledged_one_does_not(
     deliver(conn, ctx, at(16))
     [leader] = http.at("zjw-leader")
     assert "升级1级" in leader.body["title"] and "fl-a" in leader.body["body"]
+    assert "李娜（科长）" in leader.body["body"]
     assert leader.headers["Idempotency-Key"].startswith("escalation:")
     assert escalate(conn, ctx, at(60)) == 0  # no level beyond the last
 
@@ -220,7 +228,8 @@ def test_routes_and_matchers() -> None:
         {
             "channels": {"x": {"type": "webhook", "url": "http://127.0.0.1:9/x"}},
             "departments": {
-                d: {"levels": [["x"]]} for d in ("区住房城乡建委", "区水利局", "区应急局")
+                d: {"on_call": [{"channels": ["x"]}]}
+                for d in ("区住房城乡建委", "区水利局", "区应急局")
             },
             "routes": [
                 {"match": {"domain": "water", "district": "凤凰湖片区"}, "department": "区水利局"},
@@ -381,3 +390,23 @@ def test_an_alert_no_department_takes_is_kept_visible_not_dropped(
     run_once(conn, ctx, at(0))
     row = conn.execute("SELECT state, last_error FROM notifications").fetchone()
     assert row == ("dead", "no department '区交通局' in the notify file: add it, or a route")
+
+
+def test_a_slow_channel_holds_up_no_other(
+    conn: Conn, smtp: SmtpReceiver, http: HttpReceiver
+) -> None:
+    cfg = config(smtp, http)
+    ops = cfg.departments["运维中心"].model_copy(
+        update={"on_call": [cfg.departments["运维中心"].on_call[0].model_copy(
+            update={"channels": ["slow", "ops-robot"]})]}
+    )  # fmt: skip
+    cfg = cfg.model_copy(update={"departments": {**cfg.departments, "运维中心": ops}})
+    http.slow["/slow"] = 2.0
+    offline = AlertMeta("device.offline", "warning", "运维中心", {"domain": "device"})
+    raise_alerts(conn, "wn-a", meta=offline)
+    outbox_age(conn, 1)
+    ctx = ctx_of(cfg)
+    plan(conn, ctx, at(0))
+    assert deliver(conn, ctx, at(0)) == (2, 0)
+    sent = dict(conn.execute("SELECT channel, sent_at FROM notifications").fetchall())
+    assert (sent["slow"] - sent["ops-robot"]).total_seconds() > 1.5  # not queued behind it

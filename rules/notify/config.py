@@ -60,10 +60,21 @@ class Channel(_Strict):
         return out
 
 
+class Level(_Strict):
+    """One step of a department's on-call order: who is on call and where they hear of it."""
+
+    people: list[str] = Field(default_factory=list)  # e.g. 张伟（值班员）
+    channels: list[str] = Field(min_length=1)
+
+
 class Department(_Strict):
-    # channel names per escalation level: level 0 hears first; each further level when an
-    # alert stays firing and unacknowledged for the escalation delay
-    levels: list[list[str]] = Field(min_length=1)
+    # the on-call order: level 0 hears of every alert; each further level when an alert stays
+    # firing and unacknowledged for its escalation delay
+    on_call: list[Level] = Field(min_length=1)
+
+    @property
+    def levels(self) -> list[list[str]]:
+        return [level.channels for level in self.on_call]
 
 
 class Route(_Strict):

@@ -142,6 +142,7 @@ def render(
     tz: ZoneInfo,
     *,
     level: int = 0,
+    people: list[str] | None = None,
 ) -> Message:
     """One message for a department about some alerts: what breached, where, the value and the
     threshold, since when, the plan clause and where to acknowledge it."""
@@ -160,8 +161,9 @@ def render(
             f"{f' 等 {n} 条' if n > 1 else ''} / {worst.title_en}"
             f"{f' and {n - 1} more' if n > 1 else ''}"
         )
-    zh: list[str] = [f"### {title.split(' / ')[0]}", f"责任单位：{department}"]
-    en: list[str] = ["---", f"### {title.split(' / ', 1)[-1]}", f"Department: {department}"]
+    to = f"（{'、'.join(people)}）" if people else ""
+    zh: list[str] = [f"### {title.split(' / ')[0]}", f"责任单位：{department}{to}"]
+    en: list[str] = ["---", f"### {title.split(' / ', 1)[-1]}", f"Department: {department}{to}"]
     for a in alerts:
         where = f"{a.place}（{a.entity}）" if a.place and a.place != a.entity else a.entity
         link = config.ack_url.format(alert_id=a.id)

@@ -202,7 +202,8 @@ def plan(conn: Conn, ctx: Context, now: datetime) -> int:
                 groups[(dept, str(kind))].append((int(outbox_id), info))
         created = 0
         for (dept, kind), items in sorted(groups.items()):
-            msg = render(kind, dept, [i for _, i in items], ctx.config, ctx.tz)
+            people = ctx.config.departments[dept].on_call[0].people
+            msg = render(kind, dept, [i for _, i in items], ctx.config, ctx.tz, people=people)
             ids = [o for o, _ in items]
             for channel in ctx.config.departments[dept].levels[0]:
                 created += _insert(
@@ -301,7 +302,8 @@ def escalate(conn: Conn, ctx: Context, now: datetime) -> int:
             )
             if silenced_by(info, silences, now) is not None:
                 continue
-            msg = render("escalation", dept, [info], ctx.config, ctx.tz, level=nxt)
+            people = ctx.config.departments[dept].on_call[nxt].people
+            msg = render("escalation", dept, [info], ctx.config, ctx.tz, level=nxt, people=people)
             for channel in levels[nxt]:
                 created += _insert(
                     conn,
