@@ -188,7 +188,19 @@ def test_an_unacknowledged_alert_escalates_and_an_acknowledged_one_does_not(
     assert "升级1级" in leader.body["title"] and "fl-a" in leader.body["body"]
     assert "李娜（科长）" in leader.body["body"]
     assert leader.headers["Idempotency-Key"].startswith("escalation:")
-    assert escalate(conn, ctx, at(60)) == 0  # no level beyond the last
+    # past the last level, the leader is reminded every repeat_interval until acknowledged
+    assert escalate(conn, ctx, at(60)) == 0
+    assert escalate(conn, ctx, at(16 + 4 * 60 + 1)) == 1
+    conn.execute("INSERT INTO alert_acks (alert_id, acked_by) SELECT id, '李娜' FROM alerts "
+                 "WHERE entity = 'fl-a'")  # fmt: skip
+    conn.commit()
+    assert escalate(conn, ctx, at(16 + 8 * 60 + 1)) == 0
+    # the reminder planned but not yet sent when it was acknowledged is dropped, saying why
+    assert deliver(conn, ctx, at(16 + 8 * 60 + 1)) == (0, 0)
+    last = conn.execute(
+        "SELECT state, last_error FROM notifications ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    assert last == ("dead", "acknowledged before it was sent")
 
 
 def test_a_failing_channel_is_retried_with_backoff_then_given_up_and_blocks_no_other(
@@ -331,7 +343,9 @@ def test_the_daily_digest_has_the_kpis_the_alerts_of_the_day_and_a_chart(
     morning = datetime(2026, 11, 28, 8, 29, tzinfo=TZ)
     assert run_once(conn, ctx, morning)["digests"] == 0  # not before 08:30
     got = run_once(conn, ctx, morning + timedelta(minutes=2))
-    assert got["digests"] == 2 and got["sent"] == 2  # 区住房城乡建委's mail and robot
+    # 区住房城乡建委 (mail and robot) and 区应急局, to which ponding alerts are also routed
+    assert got["digests"] == 3 and got["sent"] == 3
+    assert "flood.ponding_15cm fl-a" in http.at("yjj-robot")[0].body["message"]
     assert run_once(conn, ctx, morning + timedelta(minutes=5))["digests"] == 0  # once a day
     [mail] = smtp.mails
     assert "每日简报" in mail.subject and "2026-11-27" in mail.subject
@@ -410,3 +424,90 @@ def test_a_slow_channel_holds_up_no_other(
     assert deliver(conn, ctx, at(0)) == (2, 0)
     sent = dict(conn.execute("SELECT channel, sent_at FROM notifications").fetchall())
     assert (sent["slow"] - sent["ops-robot"]).total_seconds() > 1.5  # not queued behind it
+
+
+def test_a_silence_that_ends_lets_the_alert_be_announced_and_escalated_from_then(
+    conn: Conn, smtp: SmtpReceiver, http: HttpReceiver
+) -> None:
+    ctx = ctx_of(config(smtp, http))
+    add_silence(conn, {"entity": "fl-*"}, starts_at=at(-60), ends_at=at(10), author="张伟",
+                reason="维护窗口")  # fmt: skip
+    raise_alerts(conn, "fl-a", "fl-b")
+    outbox_age(conn, 1)
+    run_once(conn, ctx, at(0))
+    assert smtp.mails == [] and http.requests == []
+    assert escalate(conn, ctx, at(9)) == 0
+    # fl-b resolves during the silence: never announced, so no resolution message either
+    advance(conn, META, "fl-b", [Evaluation(at(5), Signal.CLEAR, 3.0)], Timing())
+    outbox_age(conn, 1)
+    run_once(conn, ctx, at(9))
+    assert smtp.mails == []
+    # the silence ends: fl-a (still firing, unacknowledged) is announced, and escalates 15
+    # minutes after that, not after it began
+    got = run_once(conn, ctx, at(11))
+    assert got["planned"] == 3 and "fl-a" in smtp.mails[0].text
+    assert "fl-b" not in smtp.mails[0].text
+    assert escalate(conn, ctx, at(20)) == 0
+    assert escalate(conn, ctx, at(27)) == 1
+
+
+def test_departments_sharing_a_channel_each_get_their_message(
+    conn: Conn, smtp: SmtpReceiver, http: HttpReceiver
+) -> None:
+    cfg = config(smtp, http)
+    shared = {"on_call": [{"channels": ["zjw-robot"]}]}
+    cfg = NotifyConfig.model_validate(
+        {**cfg.model_dump(mode="json"), "departments": {**cfg.model_dump(mode="json")[
+            "departments"], "区应急局": shared}}
+    )  # fmt: skip
+    raise_alerts(conn, "fl-a")
+    outbox_age(conn, 1)
+    run_once(conn, ctx_of(cfg), at(0))
+    titles = sorted(r.body["message"].splitlines()[1] for r in http.at("zjw-robot"))
+    assert len(titles) == 2 and "区应急局" in titles[0] + titles[1]
+
+
+def test_a_sender_bug_is_an_attempt_that_failed_not_a_dead_notifier(
+    conn: Conn, smtp: SmtpReceiver, http: HttpReceiver
+) -> None:
+    from rules.notify.channels import DeliveryError, send
+    from rules.notify.config import Channel
+
+    spec = config(smtp, http).model_dump(mode="json")
+    spec["channels"]["ops-robot"] = {"type": "webhook", "url": "http://[not-an-address/x"}
+    ctx = ctx_of(NotifyConfig.model_validate(spec))
+    offline = AlertMeta("device.offline", "warning", "运维中心", {"domain": "device"})
+    raise_alerts(conn, "wn-a", meta=offline)
+    outbox_age(conn, 1)
+    got = run_once(conn, ctx, at(0))
+    assert got["failed"] >= 1
+    state = conn.execute(
+        "SELECT state, attempts, last_error FROM notifications WHERE channel = 'ops-robot'"
+    ).fetchone()
+    assert state is not None and state[:2] == ("pending", 1) and state[2]
+    # a webhook's error names its host, never the user and password in its URL
+    secret = Channel(type="webhook", url="http://sms:S3cretPassw0rd@127.0.0.1:9/send")
+    with pytest.raises(DeliveryError) as err:
+        send(secret, title="t", body="b", key="k")
+    assert "S3cret" not in str(err.value) and "127.0.0.1:9" in str(err.value)
+
+
+def test_an_expired_claim_does_not_overwrite_another_notifiers_outcome(
+    conn: Conn, smtp: SmtpReceiver, http: HttpReceiver
+) -> None:
+    from rules.notify.service import _claim, _record
+
+    ctx = ctx_of(config(smtp, http))
+    offline = AlertMeta("device.offline", "warning", "运维中心", {"domain": "device"})
+    raise_alerts(conn, "wn-a", meta=offline)
+    outbox_age(conn, 1)
+    plan(conn, ctx, at(0))
+    mine = _claim(conn, ctx, at(0))
+    assert {c.channel for c in mine} == {"ops-robot", "broken"}  # `unset` is off: dead at once
+    # our lease ran out; another notifier claimed the message again and delivered it
+    conn.execute("UPDATE notifications SET state = 'sent', claimed_until = NULL")
+    conn.commit()
+    late = mine[0]
+    assert not _record(conn, ctx, late, error="timeout", took_ms=10.0, now=at(5))
+    row = conn.execute("SELECT state FROM notifications WHERE id = %s", (late.id,)).fetchone()
+    assert row == ("sent",)

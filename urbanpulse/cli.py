@@ -434,6 +434,7 @@ def cmd_notify_check(args: argparse.Namespace) -> int:
 
 def cmd_silences(args: argparse.Namespace) -> int:
     from datetime import timedelta
+    from zoneinfo import ZoneInfo
 
     from rules.notify.silences import add_silence, expire_silence, list_silences, parse_matchers
     from urbanpulse.db.connect import connect
@@ -462,12 +463,17 @@ def cmd_silences(args: argparse.Namespace) -> int:
                 raise UrbanPulseError(f"no active silence {args.id}")
             print(f"silence {args.id} expired")
             return 0
+        zone = ZoneInfo(settings.timezone)
+
+        def local(t: datetime) -> str:
+            return t.astimezone(zone).strftime("%Y-%m-%d %H:%M%z")
+
         for sid, matchers, starts, ends, author, reason, expired in list_silences(
             conn, include_ended=args.all, now=now
         ):
             m = ", ".join(f"{k}={v}" for k, v in matchers.items())
-            end = f"expired {expired:%Y-%m-%d %H:%M}" if expired else f"until {ends:%Y-%m-%d %H:%M}"
-            print(f"  {sid:>5} {m:<40} from {starts:%Y-%m-%d %H:%M} {end}  {author}: {reason}")
+            end = f"expired {local(expired)}" if expired else f"until {local(ends)}"
+            print(f"  {sid:>5} {m:<40} from {local(starts)} {end}  {author}: {reason}")
     return 0
 
 

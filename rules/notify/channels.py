@@ -63,10 +63,15 @@ def _webhook(
     try:
         r = httpx.post(url, json=payload, headers=headers, timeout=channel.timeout)
     except httpx.HTTPError as exc:
-        host = urlsplit(url).netloc
-        raise DeliveryError(f"webhook {host}: {type(exc).__name__}") from None
+        raise DeliveryError(f"webhook {_host(url)}: {type(exc).__name__}") from None
     if r.status_code >= 300:
-        raise DeliveryError(f"webhook {urlsplit(url).netloc}: HTTP {r.status_code}")
+        raise DeliveryError(f"webhook {_host(url)}: HTTP {r.status_code}")
+
+
+def _host(url: str) -> str:
+    """host:port of a URL, without the user and password it may carry."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}{f':{parts.port}' if parts.port else ''}"
 
 
 def _apprise(

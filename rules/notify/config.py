@@ -102,7 +102,12 @@ class Digest(_Strict):
 class NotifyConfig(_Strict):
     group_wait: Duration = Field(30.0, ge=0)  # wait for more alerts before a group goes out
     # how long a firing alert may stay unacknowledged before the next level hears of it
+    # (severities not given keep these defaults; null: never escalates)
     escalation: dict[str, Duration | None] = Field(default_factory=lambda: dict(ESCALATION))
+    # past the last level, remind it this often until someone acknowledges (null: once)
+    repeat_interval: Duration | None = Field(4 * 3600.0, gt=0)
+    max_alerts: int = Field(20, ge=1)  # alerts listed in one message; the rest are counted
+    retention: Duration = Field(90 * 86400.0, gt=0)  # sent and dead messages are kept this long
     # a rule's own delay, before its severity's (null: that rule never escalates)
     escalation_rules: dict[str, Duration | None] = Field(default_factory=dict)
     max_attempts: int = Field(8, ge=1)
@@ -114,6 +119,11 @@ class NotifyConfig(_Strict):
     departments: dict[str, Department]
     routes: list[Route] = Field(default_factory=list)
     digest: Digest = Digest()
+
+    @field_validator("escalation")
+    @classmethod
+    def _keep_defaults(cls, value: dict[str, float | None]) -> dict[str, float | None]:
+        return {**ESCALATION, **value}
 
     @model_validator(mode="after")
     def _references(self) -> NotifyConfig:

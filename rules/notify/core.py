@@ -88,7 +88,8 @@ def silenced_by(alert: AlertInfo, silences: Iterable[Silence], now: datetime) ->
 
 def route(alert: AlertInfo, config: NotifyConfig) -> list[str]:
     """The departments that hear of the alert: its rule's owner unless a route sends it
-    elsewhere (the first matching route with a department wins), plus every matching `also`."""
+    elsewhere (the first matching route with a department wins), plus every matching `also`.
+    A department the notify file lacks is kept: the caller records it, it is not dropped."""
     main = alert.owner
     extra: list[str] = []
     redirected = False
@@ -99,7 +100,7 @@ def route(alert: AlertInfo, config: NotifyConfig) -> list[str]:
             main, redirected = r.department, True
         extra += r.also
     out = [main] + [d for d in extra if d != main]
-    return [d for i, d in enumerate(out) if d not in out[:i] and d in config.departments]
+    return [d for i, d in enumerate(out) if d not in out[:i]]
 
 
 def backoff(config: NotifyConfig, attempts: int) -> float:
@@ -107,11 +108,16 @@ def backoff(config: NotifyConfig, attempts: int) -> float:
     return float(min(config.backoff_max, config.backoff * 2 ** max(0, attempts - 1)))
 
 
-def group_key(kind: str, channel: str, outbox_ids: list[int]) -> str:
-    """The idempotency key of a grouped message: the same outbox rows to the same channel are
-    one message, however often they are planned."""
+def dept_tag(department: str) -> str:
+    """A short ASCII tag of a department's name, for keys."""
+    return hashlib.sha256(department.encode()).hexdigest()[:8]
+
+
+def group_key(kind: str, department: str, channel: str, outbox_ids: list[int]) -> str:
+    """The idempotency key of a grouped message: the same outbox rows to the same department
+    and channel are one message, however often they are planned."""
     digest = hashlib.sha256(",".join(map(str, sorted(outbox_ids))).encode()).hexdigest()[:20]
-    return f"{kind}:{channel}:{digest}"
+    return f"{kind}:{channel}:{dept_tag(department)}:{digest}"
 
 
 SEVERITY_ZH = {"critical": "紧急", "major": "重要", "warning": "警告", "info": "提示"}
@@ -164,7 +170,7 @@ def render(
     to = f"（{'、'.join(people)}）" if people else ""
     zh: list[str] = [f"### {title.split(' / ')[0]}", f"责任单位：{department}{to}"]
     en: list[str] = ["---", f"### {title.split(' / ', 1)[-1]}", f"Department: {department}{to}"]
-    for a in alerts:
+    for a in alerts[: config.max_alerts]:
         where = f"{a.place}（{a.entity}）" if a.place and a.place != a.entity else a.entity
         link = config.ack_url.format(alert_id=a.id)
         if kind == "resolved":
@@ -185,6 +191,10 @@ def render(
             f"- **{a.title_en}** at {a.entity}: value {_value(a)}, threshold {a.condition}, "
             f"since {_when(a.started_at, tz)}; {a.clause}; acknowledge: {link}"
         )
+    if n > config.max_alerts:
+        more = n - config.max_alerts
+        zh.append(f"- ……另有 {more} 条，见告警列表")
+        en.append(f"- … and {more} more: see the alert list")
     return Message(title, "\n".join([*zh, "", *en]), [a.id for a in alerts])
 
 

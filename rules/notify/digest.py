@@ -4,17 +4,17 @@ against the target line (e.g. the leakage rate of each DMA against 10 %)."""
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import zlib
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 
 from rules.kpi import Kpi, ScoreLine, scorecard
+from rules.notify.core import dept_tag
 from rules.recording import CITY
 
 Conn = psycopg.Connection[Any]
@@ -77,31 +77,26 @@ def _line(s: ScoreLine) -> str:
     return f"- {s.kpi.title.zh}（{s.entity}）：{value} {s.kpi.unit}，目标 {target} {verdict}"
 
 
-def build(conn: Conn, department: str, kpis: list[Kpi], day: date, tz: ZoneInfo) -> Digest | None:
-    """The department's digest for the local `day` (None: it owns no KPI and had no alert)."""
+def build(
+    conn: Conn, department: str, kpis: list[Kpi], day: date, *, tz: ZoneInfo, alerts: list[Any]
+) -> Digest | None:
+    """The department's digest for the local `day`: its KPIs and the alerts routed to it that
+    were firing that day (None: it owns no KPI and had no alert)."""
     owned = [k for k in kpis if k.owner == department]
     lines = scorecard(conn, owned, history=1) if owned else []
-    start = datetime.combine(day, time(0), tz)
-    alerts = conn.execute(
-        """
-        SELECT rule_id, entity, status, started_at, ended_at FROM alerts
-         WHERE owner = %s AND status IN ('firing', 'resolved') AND started_at < %s
-           AND (ended_at IS NULL OR ended_at >= %s)
-         ORDER BY started_at
-        """,
-        (department, start + timedelta(days=1), start),
-    ).fetchall()
-    conn.commit()
     if not lines and not alerts:
         return None
     zh = [f"### {department} 每日简报 {day.isoformat()}", "**规划指标 Plan KPIs**"]
     zh += [_line(s) for s in lines if s.entity == CITY or s.compliant is False] or ["- （无）"]
     zh.append(f"**当日告警 Alerts of the day（{len(alerts)}）**")
-    for rule_id, entity, _status, started, ended in alerts[:30]:
-        until = ended.astimezone(tz).strftime("%H:%M") if ended else "仍在告警 still firing"
-        zh.append(
-            f"- {rule_id} {entity} {started.astimezone(tz).strftime('%m-%d %H:%M')} → {until}"
+    for a in alerts[:30]:
+        until = (
+            a.ended_at.astimezone(tz).strftime("%H:%M") if a.ended_at else "仍在告警 still firing"
         )
+        since = a.started_at.astimezone(tz).strftime("%m-%d %H:%M") if a.started_at else "-"
+        zh.append(f"- {a.rule_id} {a.entity} {since} → {until}")
+    if len(alerts) > 30:
+        zh.append(f"- ……另有 {len(alerts) - 30} 条 / and {len(alerts) - 30} more")
     chart = None
     for kpi in owned:  # the first KPI measured per place gets the chart
         per_place = [s for s in lines if s.kpi.id == kpi.id and s.entity != CITY and s.value]
@@ -115,5 +110,4 @@ def build(conn: Conn, department: str, kpis: list[Kpi], day: date, tz: ZoneInfo)
 
 
 def digest_key(channel: str, department: str, day: date) -> str:
-    dept = hashlib.sha256(department.encode()).hexdigest()[:8]
-    return f"digest:{channel}:{dept}:{day.isoformat()}"
+    return f"digest:{channel}:{dept_tag(department)}:{day.isoformat()}"

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from rules.kpi import Kpi
 from rules.model import Rule
-from rules.notify.channels import DeliveryError, send
+from rules.notify.channels import DeliveryError, redact, send
 from rules.notify.config import NotifyConfig
 from rules.notify.core import (
     AlertInfo,
@@ -42,6 +42,7 @@ from rules.notify.core import (
     Silence,
     backoff,
     condition_text,
+    dept_tag,
     group_key,
     render,
     route,
@@ -185,19 +186,14 @@ def plan(conn: Conn, ctx: Context, now: datetime) -> int:
             if info is None:
                 continue
             silence = silenced_by(info, silences, now)
-            departments = route(info, ctx.config)
+            departments = _departments(conn, ctx, info, f"{kind}:{outbox_id}")
             if kind == "firing" and departments:
                 _start_escalation(conn, ctx, info, departments[0], now=now, silence=silence)
-            elif kind == "resolved":
-                conn.execute(
-                    "UPDATE alert_notify_state SET escalate_at = NULL WHERE alert_id = %s",
-                    (info.id,),
-                )
+            elif kind == "resolved" and not _announced(conn, info.id):
+                continue  # silenced all along: it was never announced, nor is its end
             if silence is not None:
                 log.info("alert %s %s silenced by silence %d", info.id, kind, silence.id)
                 continue
-            if not departments:  # kept, visible and dead, rather than dropped in silence
-                _unroutable(conn, int(outbox_id), info, str(kind))
             for dept in departments:
                 groups[(dept, str(kind))].append((int(outbox_id), info))
         created = 0
@@ -209,7 +205,7 @@ def plan(conn: Conn, ctx: Context, now: datetime) -> int:
                 created += _insert(
                     conn,
                     ctx,
-                    key=group_key(kind, channel, ids),
+                    key=group_key(kind, dept, channel, ids),
                     department=dept,
                     level=0,
                     channel=channel,
@@ -223,17 +219,42 @@ def plan(conn: Conn, ctx: Context, now: datetime) -> int:
     return created
 
 
-def _unroutable(conn: Conn, outbox_id: int, info: AlertInfo, kind: str) -> None:
-    error = f"no department {info.owner!r} in the notify file: add it, or a route"
-    log.error("alert %s (%s): %s", info.id, info.rule_id, error)
-    conn.execute(
-        """
-        INSERT INTO notifications (idempotency_key, department, channel, kind, alert_ids, title,
-                                   body, state, last_error)
-        VALUES (%s, %s, '-', %s, %s, %s, '', 'dead', %s) ON CONFLICT DO NOTHING
-        """,
-        (f"unroutable:{outbox_id}", info.owner, kind, [info.id], info.title_zh, error),
-    )
+def _departments(conn: Conn, ctx: Context, info: AlertInfo, tag: str) -> list[str]:
+    """The configured departments that hear of the alert; one the notify file lacks is
+    recorded as a dead notification saying so, never dropped in silence."""
+    out = []
+    for dept in route(info, ctx.config):
+        if dept in ctx.config.departments:
+            out.append(dept)
+            continue
+        error = f"no department {dept!r} in the notify file: add it, or a route"
+        log.error("alert %s (%s): %s", info.id, info.rule_id, error)
+        conn.execute(
+            """
+            INSERT INTO notifications (idempotency_key, department, channel, kind, alert_ids,
+                                       title, body, state, last_error)
+            VALUES (%s, %s, '-', %s, %s, %s, '', 'dead', %s) ON CONFLICT DO NOTHING
+            """,
+            (
+                f"unroutable:{tag}:{dept_tag(dept)}",
+                dept,
+                tag.split(":", maxsplit=1)[0],
+                [info.id],
+                info.title_zh,
+                error,
+            ),
+        )
+    return out
+
+
+def _announced(conn: Conn, alert_id: int) -> bool:
+    """Was the alert's firing ever announced (not silenced all along)? Stops its escalation."""
+    row = conn.execute(
+        "UPDATE alert_notify_state SET escalate_at = NULL, silenced_by = NULL "
+        "WHERE alert_id = %s RETURNING notified_at",
+        (alert_id,),
+    ).fetchone()
+    return row is None or row[0] is not None
 
 
 def _start_escalation(
@@ -245,9 +266,9 @@ def _start_escalation(
     now: datetime,
     silence: Silence | None,
 ) -> None:
-    levels = ctx.config.departments[department].levels
-    delay = ctx.config.escalation_after(info.severity, info.rule_id)
-    escalate_at = now + timedelta(seconds=delay) if delay is not None and len(levels) > 1 else None
+    """Level 0 is told now (unless silenced: then when the silence ends); the next level
+    after the alert's escalation delay."""
+    escalate_at = None if silence is not None else _next_escalation(ctx, info, department, 0, now)
     conn.execute(
         """
         INSERT INTO alert_notify_state (alert_id, department, level, notified_at, escalate_at,
@@ -257,19 +278,93 @@ def _start_escalation(
             notified_at = EXCLUDED.notified_at, escalate_at = EXCLUDED.escalate_at,
             silenced_by = EXCLUDED.silenced_by
         """,
-        (info.id, department, now, escalate_at, None if silence is None else silence.id),
+        (
+            info.id,
+            department,
+            None if silence is not None else now,
+            escalate_at,
+            None if silence is None else silence.id,
+        ),
     )
 
 
+def _next_escalation(
+    ctx: Context, info: AlertInfo, department: str, level: int, now: datetime
+) -> datetime | None:
+    """When the level after `level` hears of the alert: its delay, or past the last level a
+    reminder every `repeat_interval` (None: nobody more)."""
+    levels = ctx.config.departments[department].levels
+    delay = ctx.config.escalation_after(info.severity, info.rule_id)
+    if delay is None:
+        return None
+    if level + 1 < len(levels):
+        return now + timedelta(seconds=delay)
+    repeat = ctx.config.repeat_interval
+    return None if repeat is None else now + timedelta(seconds=repeat)
+
+
+def unsilence(conn: Conn, ctx: Context, now: datetime) -> int:
+    """Announce the firing, unacknowledged alerts whose silence has ended (they were never
+    told); returns the notifications created."""
+    conn.commit()
+    created = 0
+    with conn.transaction():
+        rows = conn.execute(
+            """
+            SELECT s.alert_id, s.silenced_by, a.status = 'firing' AND k.alert_id IS NULL
+              FROM alert_notify_state s JOIN alerts a ON a.id = s.alert_id
+              LEFT JOIN alert_acks k ON k.alert_id = s.alert_id
+             WHERE s.silenced_by IS NOT NULL FOR UPDATE OF s SKIP LOCKED
+            """
+        ).fetchall()
+        if not rows:
+            return 0
+        infos = load_alerts(conn, ctx, [int(r[0]) for r in rows])
+        silences = active_silences(conn, now)
+        for alert_id, silence_id, live in rows:
+            info = infos[int(alert_id)]
+            if live and silenced_by(info, silences, now) is not None:
+                continue  # still silenced
+            departments = (
+                _departments(conn, ctx, info, f"firing:after-{silence_id}") if live else []
+            )
+            escalate_at = (
+                _next_escalation(ctx, info, departments[0], 0, now) if departments else None
+            )
+            conn.execute(
+                "UPDATE alert_notify_state SET silenced_by = NULL, level = 0, notified_at = %s, "
+                "escalate_at = %s WHERE alert_id = %s",
+                (now if departments else None, escalate_at, alert_id),
+            )
+            for dept in departments:
+                people = ctx.config.departments[dept].on_call[0].people
+                msg = render("firing", dept, [info], ctx.config, ctx.tz, people=people)
+                for channel in ctx.config.departments[dept].levels[0]:
+                    created += _insert(
+                        conn,
+                        ctx,
+                        key=f"firing:{alert_id}:after-silence-{silence_id}:{dept_tag(dept)}"
+                        f":{channel}",
+                        department=dept,
+                        level=0,
+                        channel=channel,
+                        kind="firing",
+                        msg=msg,
+                    )
+    return created
+
+
 def escalate(conn: Conn, ctx: Context, now: datetime) -> int:
-    """Notify the next level of every firing alert left unacknowledged past its delay;
-    returns the notifications created. Acknowledged, resolved or silenced alerts stop."""
+    """Notify the next level of every firing alert left unacknowledged past its delay (past the
+    last level, remind it every repeat_interval); returns the notifications created.
+    Acknowledged or resolved alerts stop; a silenced one waits for its silence to end."""
     conn.commit()
     created = 0
     with conn.transaction():
         due = conn.execute(
             """
-            SELECT s.alert_id, s.department, s.level, a.status, k.alert_id IS NOT NULL
+            SELECT s.alert_id, s.department, s.level, s.escalate_at, a.status,
+                   k.alert_id IS NOT NULL
               FROM alert_notify_state s JOIN alerts a ON a.id = s.alert_id
               LEFT JOIN alert_acks k ON k.alert_id = s.alert_id
              WHERE s.escalate_at <= %s FOR UPDATE OF s SKIP LOCKED
@@ -280,35 +375,36 @@ def escalate(conn: Conn, ctx: Context, now: datetime) -> int:
             return 0
         infos = load_alerts(conn, ctx, [int(r[0]) for r in due])
         silences = active_silences(conn, now)
-        for alert_id, dept, level, status, acked in due:
+        for alert_id, dept, level, was_due, status, acked in due:
             info = infos[int(alert_id)]
-            levels = ctx.config.departments[dept].levels if dept in ctx.config.departments else []
-            nxt = int(level) + 1
-            if status != "firing" or acked or nxt >= len(levels):
+            if status != "firing" or acked or dept not in ctx.config.departments:
                 conn.execute(
                     "UPDATE alert_notify_state SET escalate_at = NULL WHERE alert_id = %s",
                     (alert_id,),
                 )
                 continue
-            delay = ctx.config.escalation_after(info.severity, info.rule_id)
-            later = (
-                now + timedelta(seconds=delay)
-                if delay is not None and nxt + 1 < len(levels)
-                else None
-            )
+            silence = silenced_by(info, silences, now)
+            if silence is not None:  # no level is skipped while silenced: wait for its end
+                conn.execute(
+                    "UPDATE alert_notify_state SET escalate_at = %s WHERE alert_id = %s",
+                    (silence.ends_at, alert_id),
+                )
+                continue
+            levels = ctx.config.departments[dept].levels
+            nxt = min(int(level) + 1, len(levels) - 1)  # past the last level: remind it
+            reminder = int(level) + 1 >= len(levels)
             conn.execute(
                 "UPDATE alert_notify_state SET level = %s, escalate_at = %s WHERE alert_id = %s",
-                (nxt, later, alert_id),
+                (nxt, _next_escalation(ctx, info, dept, nxt, now), alert_id),
             )
-            if silenced_by(info, silences, now) is not None:
-                continue
             people = ctx.config.departments[dept].on_call[nxt].people
             msg = render("escalation", dept, [info], ctx.config, ctx.tz, level=nxt, people=people)
             for channel in levels[nxt]:
+                tag = f"r{was_due.timestamp():.0f}" if reminder else str(nxt)
                 created += _insert(
                     conn,
                     ctx,
-                    key=f"escalation:{alert_id}:{nxt}:{channel}",
+                    key=f"escalation:{alert_id}:{tag}:{dept_tag(dept)}:{channel}",
                     department=dept,
                     level=nxt,
                     channel=channel,
@@ -326,28 +422,44 @@ class Claimed:
     body: str
     key: str
     attempts: int
+    until: datetime  # our claim: the row is ours to record while it still says this
     attachment: tuple[str, bytes] | None = None
 
 
-def _claim(conn: Conn, ctx: Context, now: datetime, limit: int) -> list[Claimed]:
+PER_CHANNEL = 5  # messages a channel sends per pass: well inside one lease even when it times out
+
+
+def _claim(conn: Conn, ctx: Context, now: datetime) -> list[Claimed]:
+    """Claim the due messages, a few per channel, for a lease. Escalations of alerts
+    acknowledged since they were planned are dropped (kept as dead, saying why)."""
+    until = now + timedelta(seconds=ctx.config.lease)
     conn.commit()
     with conn.transaction():
+        conn.execute(
+            """
+            UPDATE notifications n
+               SET state = 'dead', last_error = 'acknowledged before it was sent'
+             WHERE n.kind = 'escalation' AND n.state = 'pending'
+               AND EXISTS (SELECT 1 FROM alert_acks k WHERE k.alert_id = ANY(n.alert_ids))
+            """
+        )
         rows = conn.execute(
             """
             UPDATE notifications SET state = 'sending', claimed_until = %(until)s
              WHERE id IN (
                 SELECT id FROM notifications
-                 WHERE (state = 'pending' AND next_attempt_at <= %(now)s)
-                    OR (state = 'sending' AND claimed_until <= %(now)s)
-                 ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+                 WHERE id IN (
+                    SELECT id FROM (
+                        SELECT id, row_number() OVER (PARTITION BY channel ORDER BY id) AS k
+                          FROM notifications
+                         WHERE (state = 'pending' AND next_attempt_at <= %(now)s)
+                            OR (state = 'sending' AND claimed_until <= %(now)s)) due
+                     WHERE k <= %(per)s)
+                 FOR UPDATE SKIP LOCKED)
             RETURNING id, channel, title, body, idempotency_key, attempts, attachment_name,
                       attachment
             """,
-            {
-                "now": now,
-                "until": now + timedelta(seconds=ctx.config.lease),
-                "limit": limit,
-            },
+            {"now": now, "until": until, "per": PER_CHANNEL},
         ).fetchall()
     out = [
         Claimed(
@@ -357,6 +469,7 @@ def _claim(conn: Conn, ctx: Context, now: datetime, limit: int) -> list[Claimed]
             str(r[3]),
             str(r[4]),
             int(r[5]),
+            until,
             (str(r[6]), bytes(r[7])) if r[6] and r[7] is not None else None,
         )
         for r in rows
@@ -366,7 +479,9 @@ def _claim(conn: Conn, ctx: Context, now: datetime, limit: int) -> list[Claimed]
 
 def _record(
     conn: Conn, ctx: Context, item: Claimed, *, error: str | None, took_ms: float, now: datetime
-) -> None:
+) -> bool:
+    """Record an attempt and its outcome, if the claim is still ours (a claim that expired
+    was taken over by another notifier, whose outcome stands); returns whether it was."""
     attempts = item.attempts + 1
     with conn.transaction():
         conn.execute(
@@ -374,37 +489,42 @@ def _record(
             "VALUES (%s, %s, %s, %s)",
             (item.id, error is None, error, took_ms),
         )
-        if error is None:
-            conn.execute(
-                "UPDATE notifications SET state = 'sent', sent_at = now(), attempts = %s, "
-                "claimed_until = NULL WHERE id = %s",
-                (attempts, item.id),
-            )
-            SENT.labels(item.channel).inc()
-            return
-        FAILED.labels(item.channel).inc()
-        dead = attempts >= ctx.config.max_attempts
-        if dead:
-            DEAD.labels(item.channel).inc()
-            log.error("notification %d to %s given up: %s", item.id, item.channel, error)
-        conn.execute(
+        dead = error is not None and attempts >= ctx.config.max_attempts
+        ended = now + timedelta(milliseconds=took_ms)  # backoff counts from the attempt's end
+        cur = conn.execute(
             """
-            UPDATE notifications SET state = %s, attempts = %s, last_error = %s,
-                   next_attempt_at = %s, claimed_until = NULL WHERE id = %s
+            UPDATE notifications
+               SET state = %(state)s, attempts = %(attempts)s, last_error = %(error)s,
+                   sent_at = CASE WHEN %(ok)s THEN now() END, next_attempt_at = %(next)s,
+                   claimed_until = NULL
+             WHERE id = %(id)s AND state = 'sending' AND claimed_until = %(until)s
             """,
-            (
-                "dead" if dead else "pending",
-                attempts,
-                error,
-                now + timedelta(seconds=backoff(ctx.config, attempts)),
-                item.id,
-            ),
+            {
+                "state": "sent" if error is None else "dead" if dead else "pending",
+                "attempts": attempts,
+                "error": error,
+                "ok": error is None,
+                "next": ended + timedelta(seconds=backoff(ctx.config, attempts)),
+                "id": item.id,
+                "until": item.until,
+            },
         )
+        if cur.rowcount != 1:
+            log.warning("notification %d: claim expired before the outcome was known", item.id)
+            return False
+    if error is None:
+        SENT.labels(item.channel).inc()
+        return True
+    FAILED.labels(item.channel).inc()
+    if dead:
+        DEAD.labels(item.channel).inc()
+        log.error("notification %d to %s given up: %s", item.id, item.channel, error)
+    return True
 
 
-def deliver(conn: Conn, ctx: Context, now: datetime, *, limit: int = 200) -> tuple[int, int]:
+def deliver(conn: Conn, ctx: Context, now: datetime) -> tuple[int, int]:
     """Send what is due; returns (sent, failed). Each channel sends on a thread of its own."""
-    claimed = _claim(conn, ctx, now, limit)
+    claimed = _claim(conn, ctx, now)
     if not claimed:
         return 0, 0
     pools: dict[str, ThreadPoolExecutor] = {}
@@ -427,15 +547,20 @@ def deliver(conn: Conn, ctx: Context, now: datetime, *, limit: int = 200) -> tup
 
 
 def _send_one(ctx: Context, item: Claimed) -> tuple[str | None, float]:
+    """Send one message; never raises: any failure is the attempt's error (secrets masked)."""
     started = time.monotonic()
     channel = ctx.config.channels.get(item.channel)
+    error: str | None = None
     try:
         if channel is None:
             raise DeliveryError(f"no channel {item.channel!r} in the notify file")
         send(channel, title=item.title, body=item.body, key=item.key, attachment=item.attachment)
-        error = None
     except DeliveryError as exc:
         error = str(exc)
+    except Exception as exc:
+        url = (channel.resolved_url() if channel else None) or ""
+        error = redact(f"{type(exc).__name__}: {exc}", url)[:500]
+    if error is not None:
         log.warning("notification %d to %s failed: %s", item.id, item.channel, error)
     return error, (time.monotonic() - started) * 1000
 
@@ -449,21 +574,52 @@ def backlog(conn: Conn) -> int:
 
 
 def plan_digests(conn: Conn, ctx: Context, day: date) -> int:
-    """Each department's digest of the local `day` to the channels of its first level (once
-    per day and channel); returns the notifications created."""
+    """Each department's digest of the local `day` to the channels of its first level, once
+    per day, department and channel; returns the notifications created. A department hears
+    of the alerts routed to it, as it did when they fired."""
+    keys = {
+        (dept, ch): digest_key(ch, dept, day)
+        for dept, spec in ctx.config.departments.items()
+        for ch in spec.levels[0]
+    }
+    done = {
+        str(k)
+        for (k,) in conn.execute(
+            "SELECT idempotency_key FROM notifications WHERE idempotency_key = ANY(%s)",
+            (list(keys.values()),),
+        ).fetchall()
+    }
+    conn.commit()
+    missing = {dept for (dept, _), key in keys.items() if key not in done}
+    if not missing:
+        return 0
+    start = datetime.combine(day, datetime.min.time(), ctx.tz)
+    ids = [
+        int(i)
+        for (i,) in conn.execute(
+            "SELECT id FROM alerts WHERE status IN ('firing', 'resolved') AND started_at < %s "
+            "AND (ended_at IS NULL OR ended_at >= %s) ORDER BY started_at",
+            (start + timedelta(days=1), start),
+        ).fetchall()
+    ]
+    routed: dict[str, list[AlertInfo]] = defaultdict(list)
+    for info in load_alerts(conn, ctx, ids).values():
+        for dept in route(info, ctx.config):
+            routed[dept].append(info)
     created = 0
-    for dept, spec in ctx.config.departments.items():
-        got = build(conn, dept, list(ctx.kpis), day, ctx.tz)
+    for dept in sorted(missing):
+        alerts = sorted(routed.get(dept, []), key=lambda a: (a.started_at or start, a.id))
+        got = build(conn, dept, list(ctx.kpis), day, tz=ctx.tz, alerts=alerts)
         if got is None:
             continue
         msg = Message(got.title, got.body)
         chart = (f"digest-{day.isoformat()}.png", got.chart) if got.chart else None
         with conn.transaction():
-            for channel in spec.levels[0]:
+            for channel in ctx.config.departments[dept].levels[0]:
                 created += _insert(
                     conn,
                     ctx,
-                    key=digest_key(channel, dept, day),
+                    key=keys[(dept, channel)],
                     department=dept,
                     level=0,
                     channel=channel,
@@ -474,32 +630,46 @@ def plan_digests(conn: Conn, ctx: Context, day: date) -> int:
     return created
 
 
-def _digest_due(conn: Conn, ctx: Context, now: datetime) -> date | None:
-    """The day whose digest is due now and not yet planned (the day before, after `at`)."""
+def _digest_day(ctx: Context, now: datetime) -> date | None:
+    """The day whose digest is due (the day before, once `digest.at` has passed)."""
     if not ctx.config.digest.enabled:
         return None
     local = now.astimezone(ctx.tz)
     hour, minute = map(int, ctx.config.digest.at.split(":"))
     if (local.hour, local.minute) < (hour, minute):
         return None
-    day = local.date() - timedelta(days=1)
-    row = conn.execute(
-        "SELECT 1 FROM notifications WHERE kind = 'digest' AND idempotency_key LIKE %s LIMIT 1",
-        (f"digest:%:{day.isoformat()}",),
-    ).fetchone()
-    conn.commit()
-    return None if row else day
+    return local.date() - timedelta(days=1)
+
+
+def cleanup(conn: Conn, ctx: Context, now: datetime) -> int:
+    """Forget what is older than `retention`: planned outbox rows, sent and dead messages
+    (with their attempts). Returns the rows removed."""
+    before = now - timedelta(seconds=ctx.config.retention)
+    with conn.transaction():
+        a = conn.execute("DELETE FROM notify_outbox WHERE processed_at < %s", (before,)).rowcount
+        b = conn.execute(
+            "DELETE FROM notifications WHERE state IN ('sent', 'dead') AND created_at < %s",
+            (before,),
+        ).rowcount
+    return max(a, 0) + max(b, 0)
+
+
+_last_cleanup: list[datetime] = []
 
 
 def run_once(conn: Conn, ctx: Context, now: datetime) -> dict[str, int]:
     planned = plan(conn, ctx, now)
+    announced = unsilence(conn, ctx, now)
     escalated = escalate(conn, ctx, now)
-    day = _digest_due(conn, ctx, now)
+    day = _digest_day(ctx, now)
     digests = plan_digests(conn, ctx, day) if day is not None else 0
     sent, failed = deliver(conn, ctx, now)
+    if not _last_cleanup or now - _last_cleanup[0] >= timedelta(hours=1):
+        cleanup(conn, ctx, now)
+        _last_cleanup[:] = [now]
     BACKLOG.set(backlog(conn))
     return {
-        "planned": planned,
+        "planned": planned + announced,
         "escalated": escalated,
         "digests": digests,
         "sent": sent,
@@ -520,6 +690,11 @@ def run_forever(
             got = run_once(conn, ctx, clock())
         except psycopg.OperationalError as exc:
             log.error("notifier: database trouble, retrying: %s", exc)
+            stop.wait(min(30.0, interval_s * 5))
+            continue
+        except Exception:  # a bug in one pass must not end delivery: log it and go on
+            log.exception("notifier: pass failed; retrying")
+            conn.rollback()
             stop.wait(min(30.0, interval_s * 5))
             continue
         if any(got.values()):

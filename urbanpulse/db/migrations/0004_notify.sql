@@ -64,6 +64,7 @@ CREATE TABLE notifications (
 );
 CREATE INDEX notifications_due ON notifications (next_attempt_at)
     WHERE state IN ('pending', 'sending');
+CREATE INDEX notifications_created ON notifications (created_at);
 
 CREATE TABLE notification_attempts (
     id              bigserial PRIMARY KEY,
