@@ -477,6 +477,19 @@ def cmd_silences(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grafana_build(args: argparse.Namespace) -> int:
+    from rules.grafana import dashboards_folder, write
+    from rules.model import load_rules
+    from urbanpulse.contract.registry import default_registry
+
+    found = load_rules(_rule_files(args.files), default_registry())
+    folder = Path(args.out) if args.out else dashboards_folder()
+    for path in write(found, folder):
+        print(f"  {path}")
+    print(f"dashboards written to {folder} (thresholds from the rule files)")
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.service import run_ingest
 
@@ -722,6 +735,13 @@ def build_parser() -> argparse.ArgumentParser:
     se = silsub.add_parser("expire", help="end a silence now")
     se.add_argument("id", type=int)
     sil.set_defaults(func=cmd_silences)
+
+    gf = sub.add_parser("grafana", help="Grafana dashboards generated from the rule files")
+    gfsub = gf.add_subparsers(dest="grafana_command", required=True, metavar="ACTION")
+    gb = gfsub.add_parser("build", help="write the dashboards (default: deploy/grafana/dashboards)")
+    gb.add_argument("--out", help="folder to write them to")
+    gb.add_argument("--files", nargs="*", default=[], metavar="FILE", help="rule files")
+    gb.set_defaults(func=cmd_grafana_build)
 
     ing = sub.add_parser("ingest", help="run an ingest worker (MQTT → database)")
     ing.add_argument(

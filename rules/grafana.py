@@ -1,0 +1,482 @@
+"""Grafana dashboards generated from the rule files, the metric registry and the AQI standard.
+
+`urbanpulse grafana build` writes deploy/grafana/dashboards/*.json: the thresholds, colour
+bands and target lines of every panel come from the rules that raise the alerts (the 15 cm of
+flood.ponding_15cm, the 10 % of water.leakage_daily, the HJ 633 colours…), so a rule change
+shows on the dashboards after a rebuild, and nobody edits a threshold by hand.
+
+Queries use Grafana's PostgreSQL macros ($__timeFilter, $__timeGroupAlias, $__interval) and
+template variables, so they run on TimescaleDB and on plain PostgreSQL alike; `expand()` does
+what Grafana does to them, for tests and for operators checking a query in psql.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rules import aqi as hj633
+from rules.model import Rule, RuleSet
+
+DATASOURCE = {"type": "grafana-postgresql-datasource", "uid": "urbanpulse-postgres"}
+SCHEMA_VERSION = 39
+FOLDER = "UrbanPulse"
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    sql: str
+    kind: str = "timeseries"  # timeseries | table | stat | geomap | barchart
+    fmt: str = "time_series"  # time_series | table
+    unit: str = ""
+    steps: list[tuple[float | None, str]] = field(default_factory=list)  # thresholds
+    description: str = ""
+    expect_rows: bool = True  # a seeded demo database shows something here
+    width: int = 12
+    height: int = 8
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    label: str
+    sql: str
+
+
+@dataclass(frozen=True)
+class Board:
+    uid: str
+    title: str
+    panels: list[Panel]
+    variables: list[Variable] = field(default_factory=list)
+    domain: str | None = None  # alerts of this domain become annotations
+    tags: list[str] = field(default_factory=list)
+
+
+def _rule(rules: dict[str, Rule], rule_id: str) -> Rule:
+    if rule_id not in rules:
+        raise KeyError(f"the dashboards read rule {rule_id!r}: it is not in the rule files")
+    return rules[rule_id]
+
+
+def _line(rule: Rule) -> list[tuple[float | None, str]]:
+    """Green below the rule's threshold, orange from its clear level, red from the threshold."""
+    cond = rule.condition
+    assert cond is not None
+    steps: list[tuple[float | None, str]] = [(None, "green")]
+    if cond.clear is not None and cond.clear != cond.value:
+        steps.append((cond.clear, "orange"))
+    steps.append((cond.value, "red"))
+    return steps
+
+
+def _aqi_bands(std: hj633.AqiStandard) -> list[tuple[float | None, str]]:
+    steps: list[tuple[float | None, str]] = []
+    low: float | None = None
+    for level in std.levels:
+        steps.append((low, level.colour))
+        low = float(level.max) + 1 if level.max is not None else None
+    return steps
+
+
+def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board]:
+    """Every dashboard, its thresholds taken from the rules."""
+    rules = {r.id: r for r in ruleset.rules}
+    std = std or hj633.load_standard()
+    ponding = _line(_rule(rules, "flood.ponding_15cm"))
+    leakage = _line(_rule(rules, "water.leakage_daily"))
+    night = _line(_rule(rules, "water.night_flow_step"))
+    pm25 = _line(_rule(rules, "air.pm25_24h_75"))
+    occupancy = _line(_rule(rules, "parking.occupancy_85"))
+    full = _rule(rules, "parking.occupancy_85").condition
+    assert full is not None
+    bands = _aqi_bands(std)
+    recorded = (
+        "SELECT period_end AS time, entity AS metric, value FROM recorded "
+        "WHERE series = '{series}' AND $__timeFilter(period_end){extra} ORDER BY 1"
+    )
+    overview = Board(
+        "up-overview",
+        "UrbanPulse · 城市总览 City overview",
+        [
+            Panel(
+                "在办告警 Active alerts by department and severity",
+                "SELECT owner AS department, severity, count(*) AS alerts FROM alerts "
+                "WHERE status IN ('pending', 'firing') GROUP BY 1, 2 ORDER BY 1, 2",
+                kind="table",
+                fmt="table",
+            ),
+            Panel(
+                "告警趋势 Alerts raised",
+                "SELECT $__timeGroupAlias(started_at, $__interval), rule_id AS metric, "
+                "count(*) AS alerts FROM alerts WHERE $__timeFilter(started_at) "
+                "GROUP BY 1, 2 ORDER BY 1",
+            ),
+            Panel(
+                "规划指标 Plan KPI scorecard",
+                "SELECT DISTINCT ON (kpi_id, entity) kpi_id, entity, period_start, value, target, "
+                "compliant FROM kpi_values ORDER BY kpi_id, entity, period_start DESC",
+                kind="table",
+                fmt="table",
+                width=24,
+            ),
+            Panel(
+                "设备状态 Devices by state",
+                "SELECT d.device_id, d.name, d.domain, d.lat AS latitude, d.lon AS longitude, "
+                "CASE WHEN EXISTS (SELECT 1 FROM alerts a WHERE a.entity = d.device_id "
+                "AND a.status = 'firing') THEN 'alert' ELSE 'ok' END AS state FROM devices d "
+                "WHERE d.lat IS NOT NULL ORDER BY 1",
+                kind="geomap",
+                fmt="table",
+            ),
+            Panel(
+                "入库速率 Readings stored per interval",
+                "SELECT $__timeGroupAlias(ingested_at, $__interval), count(*) AS readings "
+                "FROM readings WHERE $__timeFilter(ingested_at) GROUP BY 1 ORDER BY 1",
+            ),
+        ],
+        tags=["overview"],
+    )
+    water = Board(
+        "up-water",
+        "UrbanPulse · 供水管网 Water network",
+        [
+            Panel(
+                "分区进水流量 DMA inflow (m³/h)",
+                # the sum of the DMA's inlets, each averaged over the interval
+                "SELECT time, metric, sum(value) AS value FROM ("
+                "SELECT $__timeGroupAlias(r.ts, $__interval), d.zone AS metric, r.device_id, "
+                "avg(r.value) AS value FROM readings r JOIN devices d USING (device_id) "
+                "WHERE r.metric = 'flow' AND d.kind = 'inlet_meter' AND d.zone IN ($dma) "
+                "AND $__timeFilter(r.ts) GROUP BY 1, 2, 3) AS per_inlet GROUP BY 1, 2 ORDER BY 1",
+                unit="m³/h",
+            ),
+            Panel(
+                "日进水量与用户用水量 Daily inflow and customer use (m³)",
+                "SELECT period_end AS time, entity || ' inflow' AS metric, "
+                "(detail ->> 'inflow_m3')::float8 AS value FROM recorded "
+                "WHERE series = 'water.rwl_day' AND entity IN ($dma) AND $__timeFilter(period_end) "
+                "UNION ALL SELECT period_end, entity || ' use', "
+                "(detail ->> 'consumption_m3')::float8 FROM recorded "
+                "WHERE series = 'water.rwl_day' AND entity IN ($dma) AND $__timeFilter(period_end) "
+                "ORDER BY 1",
+                unit="m³",
+            ),
+            Panel(
+                "漏损率 Leakage rate R_BL per DMA and district (%)",
+                recorded.format(series="water.rbl_day", extra=""),
+                unit="percent",
+                steps=leakage,
+                description="CJJ 92 assessed rate per day; the red line is water.leakage_daily.",
+            ),
+            Panel(
+                "夜间最小流量 Minimum night flow (m³/h)",
+                recorded.format(series="water.mnf", extra=" AND entity IN ($dma)"),
+                unit="m³/h",
+            ),
+            Panel(
+                "夜间最小流量变化 Night flow change against the nights before (%)",
+                recorded.format(series="water.mnf_change", extra=" AND entity IN ($dma)"),
+                unit="percent",
+                steps=night,
+            ),
+        ],
+        [
+            Variable(
+                "dma",
+                "DMA",
+                "SELECT DISTINCT zone FROM devices WHERE kind = 'inlet_meter' "
+                "AND zone IS NOT NULL ORDER BY 1",
+            )
+        ],
+        domain="water",
+        tags=["water"],
+    )
+    flood = Board(
+        "up-flood",
+        "UrbanPulse · 城市内涝 Flooding",
+        [
+            Panel(
+                "积水深度 Ponding depth (cm)",
+                "SELECT $__timeGroupAlias(ts, $__interval), device_id AS metric, max(value) "
+                "AS value FROM readings WHERE metric = 'depth' AND device_id IN ($point) "
+                "AND $__timeFilter(ts) GROUP BY 1, 2 ORDER BY 1",
+                unit="lengthcm",
+                steps=ponding,
+                description="The red line is flood.ponding_15cm (GB 51222); orange, its clear.",
+            ),
+            Panel(
+                "降雨 Rainfall (mm)",
+                "SELECT $__timeGroupAlias(ts, $__interval), device_id AS metric, sum(value) "
+                "AS value FROM readings WHERE metric = 'rainfall' AND $__timeFilter(ts) "
+                "GROUP BY 1, 2 ORDER BY 1",
+                unit="lengthmm",
+            ),
+            Panel(
+                "积水事件 Ponding events",
+                "SELECT device_id, zone, started_at, ended_at, peak_cm, peak_at, carriageway, "
+                "coalesce(ended_at, last_at) - started_at AS duration FROM ponding_events "
+                "WHERE $__timeFilter(started_at) ORDER BY started_at DESC",
+                kind="table",
+                fmt="table",
+                width=24,
+            ),
+        ],
+        [
+            Variable(
+                "point",
+                "Flood point",
+                "SELECT device_id FROM devices WHERE kind = 'depth_gauge' ORDER BY 1",
+            )
+        ],
+        domain="flood",
+        tags=["flood"],
+    )
+    air = Board(
+        "up-air",
+        "UrbanPulse · 空气质量 Air quality",
+        [
+            Panel(
+                "小时AQI Hourly AQI (HJ 633 colours)",
+                recorded.format(series="air.aqi_hourly", extra=" AND entity IN ($station)"),
+                steps=bands,
+            ),
+            Panel(
+                "日AQI Daily AQI, category and primary pollutant",
+                "SELECT period_start AS day, entity, value AS aqi, detail ->> 'category' AS "
+                "category, detail -> 'primary' AS primary_pollutant FROM recorded "
+                "WHERE series = 'air.aqi_daily' AND $__timeFilter(period_end) ORDER BY 1, 2",
+                kind="table",
+                fmt="table",
+                steps=bands,
+            ),
+            Panel(
+                "PM2.5 (µg/m³)",
+                "SELECT $__timeGroupAlias(ts, $__interval), device_id AS metric, avg(value) AS "
+                "value FROM readings WHERE metric = 'pm25' AND device_id IN ($station) "
+                "AND $__timeFilter(ts) GROUP BY 1, 2 ORDER BY 1",
+                unit="conμgm3",
+                steps=pm25,
+            ),
+            Panel(
+                "本年重污染天数 Heavy-pollution days this year",
+                "SELECT DISTINCT ON (entity) entity, value FROM kpi_values "
+                "WHERE kpi_id = 'air.heavy_pollution_days_year' ORDER BY entity, period_start DESC",
+                kind="stat",
+                fmt="table",
+                steps=[(None, "green"), (1.0, "red")],
+            ),
+        ],
+        [
+            Variable(
+                "station",
+                "Station",
+                "SELECT device_id FROM devices WHERE kind = 'aq_station' ORDER BY 1",
+            )
+        ],
+        domain="air",
+        tags=["air"],
+    )
+    parking = Board(
+        "up-parking",
+        "UrbanPulse · 停车 Parking",
+        [
+            Panel(
+                "停车场占用率 Occupancy per car park (%)",
+                recorded.format(series="parking.occupancy", extra=""),
+                unit="percent",
+                steps=occupancy,
+                description=f"The red line is parking.occupancy_85 ({full.value:g} %).",
+            ),
+            Panel(
+                "片区占用率 Occupancy per zone (%)",
+                recorded.format(series="parking.occupancy_zone", extra=""),
+                unit="percent",
+                steps=occupancy,
+            ),
+            Panel(
+                f"本月超过{full.value:g}%的小时数 Hours above {full.value:g} % this month",
+                "SELECT DISTINCT ON (entity) entity, value AS hours FROM kpi_values "
+                "WHERE kpi_id = 'parking.hours_above_85_month' ORDER BY entity, period_start DESC",
+                kind="barchart",
+                fmt="table",
+                width=24,
+            ),
+        ],
+        domain="parking",
+        tags=["parking"],
+    )
+    platform = Board(
+        "up-platform",
+        "UrbanPulse · 平台运行 Platform",
+        [
+            Panel(
+                "入库速率 Readings stored per interval",
+                "SELECT $__timeGroupAlias(ingested_at, $__interval), metric, count(*) AS "
+                "readings FROM readings WHERE $__timeFilter(ingested_at) GROUP BY 1, 2 ORDER BY 1",
+            ),
+            Panel(
+                "隔离消息 Quarantine by reason",
+                "SELECT reason, state, count(*) AS messages, max(last_received_at) AS latest "
+                "FROM quarantine GROUP BY 1, 2 ORDER BY 3 DESC",
+                kind="table",
+                fmt="table",
+            ),
+            Panel(
+                "规则健康 Rule, record and KPI health",
+                "SELECT rule_id, watermark, last_eval_at, last_duration_ms, failures, last_error "
+                "FROM rule_health ORDER BY failures DESC, rule_id",
+                kind="table",
+                fmt="table",
+                width=24,
+            ),
+            Panel(
+                "通知投递 Notification delivery",
+                "SELECT channel, state, count(*) AS messages, max(attempts) AS max_attempts, "
+                "max(last_error) AS last_error FROM notifications GROUP BY 1, 2 ORDER BY 1, 2",
+                kind="table",
+                fmt="table",
+                width=24,
+            ),
+        ],
+        tags=["platform"],
+    )
+    return [overview, water, flood, air, parking, platform]
+
+
+ANNOTATION_SQL = (
+    "SELECT started_at AS time, ended_at AS timeend, rule_id || ' ' || entity AS text, "
+    "severity AS tags FROM alerts WHERE labels ->> 'domain' = '{domain}' "
+    "AND status IN ('firing', 'resolved') AND $__timeFilter(started_at)"
+)
+
+
+def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": p.unit} if p.unit else {}
+    if p.steps:
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": c, "value": v} for v, c in p.steps],
+        }
+        if p.kind == "timeseries":
+            defaults["custom"] = {"thresholdsStyle": {"mode": "line+area"}}
+    return {
+        "id": pid,
+        "type": p.kind,
+        "title": p.title,
+        "description": p.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"x": x, "y": y, "w": p.width, "h": p.height},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {},
+        "targets": [
+            {
+                "refId": "A",
+                "datasource": DATASOURCE,
+                "editorMode": "code",
+                "rawQuery": True,
+                "format": p.fmt,
+                "rawSql": p.sql,
+            }
+        ],
+    }
+
+
+def dashboard_json(board: Board) -> dict[str, Any]:
+    panels = []
+    x = y = 0
+    for i, p in enumerate(board.panels, start=1):
+        if x + p.width > 24:
+            x, y = 0, y + 8
+        panels.append(_panel_json(p, i, x, y))
+        x += p.width
+    annotations: list[dict[str, Any]] = []
+    if board.domain is not None:
+        annotations.append(
+            {
+                "name": "告警 Alerts",
+                "datasource": DATASOURCE,
+                "enable": True,
+                "iconColor": "red",
+                "target": {
+                    "refId": "Anno",
+                    "rawQuery": True,
+                    "format": "table",
+                    "rawSql": ANNOTATION_SQL.format(domain=board.domain),
+                },
+            }
+        )
+    variables = [
+        {
+            "name": v.name,
+            "label": v.label,
+            "type": "query",
+            "datasource": DATASOURCE,
+            "query": v.sql,
+            "definition": v.sql,
+            "multi": True,
+            "includeAll": True,
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+            "refresh": 1,
+        }
+        for v in board.variables
+    ]
+    return {
+        "uid": board.uid,
+        "title": board.title,
+        "tags": ["urbanpulse", *board.tags],
+        "timezone": "browser",
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "editable": False,
+        "time": {"from": "now-3d", "to": "now"},
+        "refresh": "1m",
+        "templating": {"list": variables},
+        "annotations": {"list": annotations},
+        "panels": panels,
+    }
+
+
+def write(ruleset: RuleSet, folder: Path) -> list[Path]:
+    """Write every dashboard as <uid>.json into `folder`; returns the paths written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for board in boards(ruleset):
+        path = folder / f"{board.uid}.json"
+        path.write_text(json.dumps(dashboard_json(board), ensure_ascii=False, indent=2) + "\n")
+        out.append(path)
+    return out
+
+
+def dashboards_folder() -> Path:
+    return Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards"
+
+
+_GROUP = re.compile(r"\$__timeGroupAlias\(([^,]+),\s*([^)]+)\)")
+_FILTER = re.compile(r"\$__timeFilter\(([^)]+)\)")
+
+
+def expand(
+    sql: str, *, start: datetime, end: datetime, interval_s: int, variables: dict[str, list[str]]
+) -> str:
+    """The query as Grafana's PostgreSQL data source sends it: time macros expanded, multi-value
+    variables as quoted lists."""
+
+    def group(m: re.Match[str]) -> str:
+        epoch = f"floor(extract(epoch from {m.group(1)})/{interval_s})*{interval_s}"
+        return f'to_timestamp({epoch}) AS "time"'
+
+    out = _GROUP.sub(group, sql)
+    out = _FILTER.sub(
+        lambda m: f"{m.group(1)} BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'", out
+    )
+    out = out.replace("$__interval", f"{interval_s}s")
+    for name, values in sorted(variables.items(), key=lambda kv: -len(kv[0])):
+        quoted = ",".join("'" + v.replace("'", "''") + "'" for v in values) or "NULL"
+        out = out.replace(f"${name}", quoted)
+    return out
