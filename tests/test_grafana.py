@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -116,3 +117,142 @@ def test_a_rule_change_shows_on_the_dashboards() -> None:
     flood = next(b for b in boards(RuleSet(CATALOGUE.records, rules)) if b.uid == "up-flood")
     depth = dashboard_json(flood)["panels"][0]["fieldConfig"]["defaults"]["thresholds"]
     assert [s["value"] for s in depth["steps"]] == [None, 16.0, 20.0]
+
+
+class FakeGrafana:
+    """A local HTTP server answering the Grafana HTTP API endpoints the provisioning uses, as
+    documented (https://grafana.com/docs/grafana/latest/developers/http_api/), and checking
+    each request's method, path, token and payload against them."""
+
+    def __init__(self, token: str, version: str = "10.4.2") -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from tests.services import free_port
+
+        self.port = free_port()
+        self.datasources: dict[str, dict[str, Any]] = {}
+        self.folders: dict[str, dict[str, Any]] = {}
+        self.dashboards: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.problems: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, status: int, body: object) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _route(self, method: str) -> None:
+                fake.calls.append((method, self.path))
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    self._answer(401, {"message": "invalid API key"})
+                    return
+                size = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(size)) if size else None
+                self._answer(*fake.handle(method, self.path, body))
+
+            def do_GET(self) -> None:
+                self._route("GET")
+
+            def do_POST(self) -> None:
+                self._route("POST")
+
+            def do_PUT(self) -> None:
+                self._route("PUT")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.version = version
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def need(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.problems.append(what)
+
+    def handle(self, method: str, path: str, body: Any) -> tuple[int, object]:
+        if (method, path) == ("GET", "/api/health"):
+            return 200, {"database": "ok", "version": self.version}
+        if (method, path) == ("GET", "/api/frontend/settings"):  # the client reads the version
+            return 200, {"buildInfo": {"version": self.version}}
+        if path.startswith("/api/datasources/uid/"):
+            uid = path.rsplit("/", 1)[1]
+            if method == "GET":
+                got = self.datasources.get(uid)
+                return (200, got) if got else (404, {"message": "Data source not found"})
+            if method == "PUT":
+                self.need(body.get("uid") == uid and body.get("type"), f"PUT datasource {body}")
+                self.datasources[uid] = body
+                return 200, {"message": "Datasource updated", "id": 1}
+        if (method, path) == ("POST", "/api/datasources"):
+            for key in ("name", "type", "access", "url", "jsonData", "secureJsonData"):
+                self.need(key in body, f"POST datasource without {key}")
+            self.datasources[body["uid"]] = body
+            return 200, {"message": "Datasource added", "id": 1, "name": body["name"]}
+        if path.startswith("/api/folders/") and method == "GET":
+            uid = path.rsplit("/", 1)[1]
+            got = self.folders.get(uid)
+            return (200, got) if got else (404, {"message": "folder not found"})
+        if (method, path) == ("POST", "/api/folders"):
+            self.need(bool(body.get("title")) and bool(body.get("uid")), f"POST folder {body}")
+            self.folders[body["uid"]] = body
+            return 200, {"uid": body["uid"], "title": body["title"]}
+        if (method, path) == ("POST", "/api/dashboards/db"):
+            dash = body.get("dashboard", {})
+            self.need(body.get("overwrite") is True, "dashboard saved without overwrite")
+            self.need(body.get("folderUid") in self.folders, "dashboard in an unknown folder")
+            self.need(dash.get("id") is None and bool(dash.get("uid")), "dashboard id/uid")
+            self.dashboards[dash["uid"]] = dash
+            return 200, {"status": "success", "uid": dash["uid"], "version": 1}
+        self.problems.append(f"undocumented call {method} {path}")
+        return 404, {"message": "not found"}
+
+
+def test_provisioning_creates_then_updates_by_uid_through_the_http_api() -> None:
+    from rules.grafana import DatasourceSpec, provision
+    from urbanpulse.errors import UrbanPulseError
+
+    fake = FakeGrafana(token="glsa_test")
+    spec = DatasourceSpec("db.internal:5432", "urbanpulse", "grafana_ro", "s3cret")
+    first = provision(fake.url, "glsa_test", CATALOGUE, spec)
+    assert "data source urbanpulse-postgres: created" in first
+    assert "folder urbanpulse: created" in first
+    assert set(fake.dashboards) == {b.uid for b in boards(CATALOGUE)}
+    ds = fake.datasources["urbanpulse-postgres"]
+    assert ds["jsonData"]["database"] == "urbanpulse" and ds["url"] == "db.internal:5432"
+    again = provision(fake.url, "glsa_test", CATALOGUE, spec)  # idempotent: by uid
+    assert "data source urbanpulse-postgres: updated" in again
+    assert "folder urbanpulse: exists" in again
+    assert len(fake.dashboards) == 6 and fake.problems == []
+    with pytest.raises(UrbanPulseError, match="refused the token"):
+        provision(fake.url, "wrong", CATALOGUE, spec)
+    old = FakeGrafana(token="t", version="8.5.27")
+    with pytest.raises(UrbanPulseError, match="too old"):
+        provision(old.url, "t", CATALOGUE, spec)
+    fake.server.shutdown()
+    old.server.shutdown()
+
+
+def test_build_and_provision_from_the_command_line(tmp_path: Path) -> None:
+    from tests.test_cli import cli
+
+    out = cli("grafana", "build", "--out", str(tmp_path))
+    assert out.returncode == 0 and len(list(tmp_path.glob("up-*.json"))) == 6
+    fake = FakeGrafana(token="glsa_cli")
+    env = {"URBANPULSE_GRAFANA_TOKEN": "glsa_cli", "URBANPULSE_GRAFANA_DB_PASSWORD": "pw"}
+    done = cli("grafana", "provision", "--url", fake.url, "--db-host", "db:5432", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "dashboard up-overview: saved" in done.stdout and "pw" not in done.stdout
+    missing = cli("grafana", "provision", "--url", fake.url, env={"URBANPULSE_GRAFANA_TOKEN": ""})
+    assert missing.returncode != 0 and "URBANPULSE_GRAFANA_TOKEN" in missing.stderr
+    fake.server.shutdown()

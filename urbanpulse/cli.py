@@ -490,6 +490,31 @@ def cmd_grafana_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grafana_provision(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from rules.grafana import DatasourceSpec, provision
+    from rules.model import load_rules
+    from urbanpulse.contract.registry import default_registry
+
+    settings = _settings(args)
+    token = os.environ.get(args.token_env, "")
+    if not token:
+        raise UrbanPulseError(f"set {args.token_env} to a Grafana service-account token")
+    db = urlsplit(settings.database_url)
+    spec = DatasourceSpec(
+        host=args.db_host or f"{db.hostname or '127.0.0.1'}:{db.port or 5432}",
+        database=(db.path or "/urbanpulse").lstrip("/"),
+        user=args.db_user or db.username or "postgres",
+        password=os.environ.get(args.db_password_env, db.password or ""),
+        timescaledb=settings.timescaledb != "off",
+    )
+    found = load_rules(_rule_files(args.files), default_registry())
+    for line in provision(args.url, token, found, spec):
+        print(f"  {line}")
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.service import run_ingest
 
@@ -742,6 +767,24 @@ def build_parser() -> argparse.ArgumentParser:
     gb.add_argument("--out", help="folder to write them to")
     gb.add_argument("--files", nargs="*", default=[], metavar="FILE", help="rule files")
     gb.set_defaults(func=cmd_grafana_build)
+    gp = gfsub.add_parser(
+        "provision", help="create or update the data source, folder and dashboards by uid"
+    )
+    gp.add_argument("--url", required=True, help="Grafana's URL, e.g. http://127.0.0.1:3000")
+    gp.add_argument(
+        "--token-env",
+        default="URBANPULSE_GRAFANA_TOKEN",
+        help="environment variable holding a service-account token (never on the command line)",
+    )
+    gp.add_argument("--db-host", help="host:port of the database as Grafana sees it")
+    gp.add_argument("--db-user", help="database role for Grafana (read-only is enough)")
+    gp.add_argument(
+        "--db-password-env",
+        default="URBANPULSE_GRAFANA_DB_PASSWORD",
+        help="environment variable holding that role's password",
+    )
+    gp.add_argument("--files", nargs="*", default=[], metavar="FILE", help="rule files")
+    gp.set_defaults(func=cmd_grafana_provision)
 
     ing = sub.add_parser("ingest", help="run an ingest worker (MQTT → database)")
     ing.add_argument(
