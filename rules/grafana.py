@@ -84,6 +84,26 @@ def _aqi_bands(std: hj633.AqiStandard) -> list[tuple[float | None, str]]:
     return steps
 
 
+RAW_RANGE = "3 days"  # up to this range panels read raw readings; beyond, the hourly rollup
+_SHORT = f"$__timeTo()::timestamptz - $__timeFrom()::timestamptz <= interval '{RAW_RANGE}'"
+_LONG = f"$__timeTo()::timestamptz - $__timeFrom()::timestamptz > interval '{RAW_RANGE}'"
+
+
+def _ranged(metric: str, agg: str, rollup_agg: str, where: str = "", by: str = "device_id") -> str:
+    """A time series of one metric per `by`: from raw readings over short ranges, from the
+    hourly rollup (a continuous aggregate on TimescaleDB) over long ones, so a month stays
+    fast. `agg` aggregates `value`; `rollup_agg` the rollup's columns (avg, max, sum, n…)."""
+    extra = f" AND {where}" if where else ""
+    return (
+        f"SELECT $__timeGroupAlias(ts, $__interval), {by} AS metric, {agg} AS value "
+        f"FROM readings WHERE metric = '{metric}'{extra} AND $__timeFilter(ts) AND {_SHORT} "
+        "GROUP BY 1, 2 "
+        f"UNION ALL SELECT $__timeGroupAlias(bucket, $__interval), {by}, {rollup_agg} "
+        f"FROM readings_hourly WHERE metric = '{metric}'{extra} AND $__timeFilter(bucket) "
+        f"AND {_LONG} GROUP BY 1, 2 ORDER BY 1"
+    )
+
+
 def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board]:
     """Every dashboard, its thresholds taken from the rules."""
     rules = {r.id: r for r in ruleset.rules}
@@ -149,11 +169,17 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
             Panel(
                 "分区进水流量 DMA inflow (m³/h)",
                 # the sum of the DMA's inlets, each averaged over the interval
-                "SELECT time, metric, sum(value) AS value FROM ("
-                "SELECT $__timeGroupAlias(r.ts, $__interval), d.zone AS metric, r.device_id, "
-                "avg(r.value) AS value FROM readings r JOIN devices d USING (device_id) "
-                "WHERE r.metric = 'flow' AND d.kind = 'inlet_meter' AND d.zone IN ($dma) "
-                "AND $__timeFilter(r.ts) GROUP BY 1, 2, 3) AS per_inlet GROUP BY 1, 2 ORDER BY 1",
+                "SELECT per_inlet.time, d.zone AS metric, sum(per_inlet.value) AS value FROM ("
+                + _ranged(
+                    "flow",
+                    "avg(value)",
+                    "sum(sum) / sum(n)",
+                    "device_id IN (SELECT device_id FROM devices WHERE kind = 'inlet_meter' "
+                    "AND zone IN ($dma))",
+                    by="device_id",
+                ).replace(" ORDER BY 1", "")
+                + ") AS per_inlet JOIN devices d ON d.device_id = per_inlet.metric "
+                "GROUP BY 1, d.zone ORDER BY 1",
                 unit="m³/h",
             ),
             Panel(
@@ -203,18 +229,14 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
         [
             Panel(
                 "积水深度 Ponding depth (cm)",
-                "SELECT $__timeGroupAlias(ts, $__interval), device_id AS metric, max(value) "
-                "AS value FROM readings WHERE metric = 'depth' AND device_id IN ($point) "
-                "AND $__timeFilter(ts) GROUP BY 1, 2 ORDER BY 1",
+                _ranged("depth", "max(value)", "max(max)", "device_id IN ($point)"),
                 unit="lengthcm",
                 steps=ponding,
                 description="The red line is flood.ponding_15cm (GB 51222); orange, its clear.",
             ),
             Panel(
                 "降雨 Rainfall (mm)",
-                "SELECT $__timeGroupAlias(ts, $__interval), device_id AS metric, sum(value) "
-                "AS value FROM readings WHERE metric = 'rainfall' AND $__timeFilter(ts) "
-                "GROUP BY 1, 2 ORDER BY 1",
+                _ranged("rainfall", "sum(value)", "sum(sum)"),
                 unit="lengthmm",
             ),
             Panel(
@@ -257,11 +279,35 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
             ),
             Panel(
                 "PM2.5 (µg/m³)",
-                "SELECT $__timeGroupAlias(ts, $__interval), device_id AS metric, avg(value) AS "
-                "value FROM readings WHERE metric = 'pm25' AND device_id IN ($station) "
-                "AND $__timeFilter(ts) GROUP BY 1, 2 ORDER BY 1",
+                _ranged("pm25", "avg(value)", "sum(sum) / sum(n)", "device_id IN ($station)"),
                 unit="conμgm3",
                 steps=pm25,
+            ),
+            Panel(
+                "污染物 Pollutants per station (HJ 633 units: µg/m³, CO mg/m³)",
+                _ranged(
+                    "no2",
+                    "avg(value)",
+                    "sum(sum) / sum(n)",
+                    "device_id IN ($station)",
+                    by="device_id || ' NO2'",
+                ).replace(" ORDER BY 1", "")
+                + " UNION ALL "
+                + _ranged(
+                    "o3",
+                    "avg(value)",
+                    "sum(sum) / sum(n)",
+                    "device_id IN ($station)",
+                    by="device_id || ' O3'",
+                ).replace(" ORDER BY 1", "")
+                + " UNION ALL "
+                + _ranged(
+                    "pm10",
+                    "avg(value)",
+                    "sum(sum) / sum(n)",
+                    "device_id IN ($station)",
+                    by="device_id || ' PM10'",
+                ),
             ),
             Panel(
                 "本年重污染天数 Heavy-pollution days this year",
@@ -472,6 +518,8 @@ def expand(
         return f'to_timestamp({epoch}) AS "time"'
 
     out = _GROUP.sub(group, sql)
+    out = out.replace("$__timeFrom()", f"'{start.isoformat()}'")
+    out = out.replace("$__timeTo()", f"'{end.isoformat()}'")
     out = _FILTER.sub(
         lambda m: f"{m.group(1)} BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'", out
     )
