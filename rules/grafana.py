@@ -411,6 +411,44 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
         }
         if p.kind == "timeseries":
             defaults["custom"] = {"thresholdsStyle": {"mode": "line+area"}}
+    options: dict[str, Any] = {}
+    overrides: list[dict[str, Any]] = []
+    if p.kind == "geomap":  # markers at the devices, coloured by their `state` column
+        options = {
+            "view": {"id": "coords", "lat": 29.355, "lon": 105.92, "zoom": 12},
+            "layers": [
+                {
+                    "type": "markers",
+                    "name": "devices",
+                    "location": {
+                        "mode": "coords",
+                        "latitude": "latitude",
+                        "longitude": "longitude",
+                    },
+                    "config": {"style": {"color": {"field": "state", "fixed": "green"}}},
+                }
+            ],
+        }
+        overrides.append(
+            {
+                "matcher": {"id": "byName", "options": "state"},
+                "properties": [
+                    {
+                        "id": "mappings",
+                        "value": [
+                            {
+                                "type": "value",
+                                "options": {
+                                    "alert": {"color": "red", "index": 0},
+                                    "ok": {"color": "green", "index": 1},
+                                },
+                            }
+                        ],
+                    },
+                    {"id": "color", "value": {"mode": "thresholds"}},
+                ],
+            }
+        )
     return {
         "id": pid,
         "type": p.kind,
@@ -418,8 +456,8 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
         "description": p.description,
         "datasource": DATASOURCE,
         "gridPos": {"x": x, "y": y, "w": p.width, "h": p.height},
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "options": {},
+        "fieldConfig": {"defaults": defaults, "overrides": overrides},
+        "options": options,
         "targets": [
             {
                 "refId": "A",
