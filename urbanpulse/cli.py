@@ -515,6 +515,28 @@ def cmd_grafana_provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from urbanpulse.db.connect import connect
+    from urbanpulse.status import Check, broker_check, database_checks
+
+    settings = _settings(args)
+    now = datetime.now(UTC)
+    checks = [broker_check(settings.mqtt_url)]
+    try:
+        with connect(settings.database_url) as conn:
+            checks += database_checks(conn, now)
+    except UrbanPulseError as exc:
+        checks.append(Check("database", "fail", str(exc)))
+    if args.json:
+        rows = [{"component": c.component, "state": c.state, "detail": c.detail} for c in checks]
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    else:
+        mark = {"ok": "✓", "warn": "!", "fail": "✗"}
+        for c in checks:
+            print(f"  {mark[c.state]} {c.component:<11} {c.state:<5} {c.detail}")
+    return 1 if any(c.state == "fail" for c in checks) else 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.service import run_ingest
 
@@ -760,6 +782,10 @@ def build_parser() -> argparse.ArgumentParser:
     se = silsub.add_parser("expire", help="end a silence now")
     se.add_argument("id", type=int)
     sil.set_defaults(func=cmd_silences)
+
+    st = sub.add_parser("status", help="each component's health, lag and last error")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_status)
 
     gf = sub.add_parser("grafana", help="Grafana dashboards generated from the rule files")
     gfsub = gf.add_subparsers(dest="grafana_command", required=True, metavar="ACTION")

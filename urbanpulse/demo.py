@@ -366,6 +366,8 @@ def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> 
     _say("  urbanpulse devices list              devices with their last reading")
     _say("  urbanpulse quarantine list           what was refused, by reason")
     _say("  urbanpulse rules kpi                 the plan KPI scorecard with its history")
+    _say("  urbanpulse status                    each component's health, lag and last error")
+    _say("  docs/grafana.md                      the dashboards (urbanpulse grafana build)")
     _say("  urbanpulse simulate --list           the other scenarios")
     _say(f"  psql {settings.database_url} -c 'SELECT * FROM readings ORDER BY ts DESC LIMIT 20'")
     _say("  docs/simulators.md                   what each scenario does and should raise")
