@@ -84,6 +84,9 @@ def _aqi_bands(std: hj633.AqiStandard) -> list[tuple[float | None, str]]:
     return steps
 
 
+INGEST_TS_BOUND = (
+    "AND ts > $__timeFrom()::timestamptz - interval '2 days' AND ts <= $__timeTo()::timestamptz"
+)
 RAW_RANGE = "3 days"  # up to this range panels read raw readings; beyond, the hourly rollup
 _SHORT = f"$__timeTo()::timestamptz - $__timeFrom()::timestamptz <= interval '{RAW_RANGE}'"
 _LONG = f"$__timeTo()::timestamptz - $__timeFrom()::timestamptz > interval '{RAW_RANGE}'"
@@ -98,7 +101,8 @@ def _ranged(metric: str, agg: str, rollup_agg: str, where: str = "", by: str = "
         f"SELECT $__timeGroupAlias(ts, $__interval), {by} AS metric, {agg} AS value "
         f"FROM readings WHERE metric = '{metric}'{extra} AND $__timeFilter(ts) AND {_SHORT} "
         "GROUP BY 1, 2 "
-        f"UNION ALL SELECT $__timeGroupAlias(bucket, $__interval), {by}, {rollup_agg} "
+        # the rollup's buckets are hours: never group them finer (a sum would jump)
+        f"UNION ALL SELECT $__timeGroupAlias(bucket, '1h'), {by}, {rollup_agg} "
         f"FROM readings_hourly WHERE metric = '{metric}'{extra} AND $__timeFilter(bucket) "
         f"AND {_LONG} GROUP BY 1, 2 ORDER BY 1"
     )
@@ -156,8 +160,10 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
             ),
             Panel(
                 "入库速率 Readings stored per interval",
+                # ts bounds the scan (readings arrive within 2 days of being measured)
                 "SELECT $__timeGroupAlias(ingested_at, $__interval), count(*) AS readings "
-                "FROM readings WHERE $__timeFilter(ingested_at) GROUP BY 1 ORDER BY 1",
+                "FROM readings WHERE $__timeFilter(ingested_at) "
+                f"{INGEST_TS_BOUND} GROUP BY 1 ORDER BY 1",
             ),
         ],
         tags=["overview"],
@@ -180,7 +186,7 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
                 ).replace(" ORDER BY 1", "")
                 + ") AS per_inlet JOIN devices d ON d.device_id = per_inlet.metric "
                 "GROUP BY 1, d.zone ORDER BY 1",
-                unit="m³/h",
+                unit="suffix: m³/h",
             ),
             Panel(
                 "日进水量与用户用水量 Daily inflow and customer use (m³)",
@@ -191,7 +197,7 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
                 "(detail ->> 'consumption_m3')::float8 FROM recorded "
                 "WHERE series = 'water.rwl_day' AND entity IN ($dma) AND $__timeFilter(period_end) "
                 "ORDER BY 1",
-                unit="m³",
+                unit="suffix: m³",
             ),
             Panel(
                 "漏损率 Leakage rate R_BL per DMA and district (%)",
@@ -203,7 +209,7 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
             Panel(
                 "夜间最小流量 Minimum night flow (m³/h)",
                 recorded.format(series="water.mnf", extra=" AND entity IN ($dma)"),
-                unit="m³/h",
+                unit="suffix: m³/h",
             ),
             Panel(
                 "夜间最小流量变化 Night flow change against the nights before (%)",
@@ -230,13 +236,18 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
             Panel(
                 "积水深度 Ponding depth (cm)",
                 _ranged("depth", "max(value)", "max(max)", "device_id IN ($point)"),
-                unit="lengthcm",
+                unit="suffix: cm",
                 steps=ponding,
                 description="The red line is flood.ponding_15cm (GB 51222); orange, its clear.",
             ),
             Panel(
                 "降雨 Rainfall (mm)",
-                _ranged("rainfall", "sum(value)", "sum(sum)"),
+                _ranged(
+                    "rainfall",
+                    "sum(value)",
+                    "sum(sum)",
+                    "device_id IN (SELECT device_id FROM devices WHERE kind = 'rain_gauge')",
+                ),
                 unit="lengthmm",
             ),
             Panel(
@@ -348,7 +359,8 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
             Panel(
                 f"本月超过{full.value:g}%的小时数 Hours above {full.value:g} % this month",
                 "SELECT DISTINCT ON (entity) entity, value AS hours FROM kpi_values "
-                "WHERE kpi_id = 'parking.hours_above_85_month' ORDER BY entity, period_start DESC",
+                "WHERE kpi_id = 'parking.hours_above_85_month' AND entity <> '全区' "
+                "ORDER BY entity, period_start DESC",
                 kind="barchart",
                 fmt="table",
                 width=24,
@@ -364,7 +376,8 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
             Panel(
                 "入库速率 Readings stored per interval",
                 "SELECT $__timeGroupAlias(ingested_at, $__interval), metric, count(*) AS "
-                "readings FROM readings WHERE $__timeFilter(ingested_at) GROUP BY 1, 2 ORDER BY 1",
+                "readings FROM readings WHERE $__timeFilter(ingested_at) "
+                f"{INGEST_TS_BOUND} GROUP BY 1, 2 ORDER BY 1",
             ),
             Panel(
                 "隔离消息 Quarantine by reason",
@@ -413,6 +426,8 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
             defaults["custom"] = {"thresholdsStyle": {"mode": "line+area"}}
     options: dict[str, Any] = {}
     overrides: list[dict[str, Any]] = []
+    if p.kind == "stat":  # one value per row (per station), not the last row only
+        options = {"reduceOptions": {"values": True, "calcs": [], "fields": ""}}
     if p.kind == "geomap":  # markers at the devices, coloured by their `state` column
         options = {
             "view": {"id": "coords", "lat": 29.355, "lon": 105.92, "zoom": 12},
@@ -545,15 +560,42 @@ _GROUP = re.compile(r"\$__timeGroupAlias\(([^,]+),\s*([^)]+)\)")
 _FILTER = re.compile(r"\$__timeFilter\(([^)]+)\)")
 
 
+def _seconds(text: str, interval_s: int) -> int:
+    text = text.strip().strip("'\"")
+    if text == "$__interval":
+        return interval_s
+    m = re.fullmatch(r"(\d+)([smhd])", text)
+    if not m:
+        raise ValueError(f"cannot read the interval {text!r}")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _grafana_interval(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def expand(
-    sql: str, *, start: datetime, end: datetime, interval_s: int, variables: dict[str, list[str]]
+    sql: str,
+    *,
+    start: datetime,
+    end: datetime,
+    interval_s: int,
+    variables: dict[str, list[str]],
+    timescaledb: bool = False,
 ) -> str:
-    """The query as Grafana's PostgreSQL data source sends it: time macros expanded, multi-value
+    """The query as Grafana's PostgreSQL data source sends it: $__timeGroupAlias as epoch
+    seconds (or time_bucket when the data source has TimescaleDB on), $__timeFilter as a
+    BETWEEN, $__timeFrom()/$__timeTo() as timestamps, $__interval as e.g. 5m, multi-value
     variables as quoted lists."""
 
     def group(m: re.Match[str]) -> str:
-        epoch = f"floor(extract(epoch from {m.group(1)})/{interval_s})*{interval_s}"
-        return f'to_timestamp({epoch}) AS "time"'
+        n = _seconds(m.group(2), interval_s)
+        if timescaledb:
+            return f"time_bucket('{n}s', {m.group(1)}) AS \"time\""
+        return f'floor(extract(epoch from {m.group(1)})/{n})*{n} AS "time"'
 
     out = _GROUP.sub(group, sql)
     out = out.replace("$__timeFrom()", f"'{start.isoformat()}'")
@@ -561,7 +603,7 @@ def expand(
     out = _FILTER.sub(
         lambda m: f"{m.group(1)} BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'", out
     )
-    out = out.replace("$__interval", f"{interval_s}s")
+    out = out.replace("$__interval", _grafana_interval(interval_s))
     for name, values in sorted(variables.items(), key=lambda kv: -len(kv[0])):
         quoted = ",".join("'" + v.replace("'", "''") + "'" for v in values) or "NULL"
         out = out.replace(f"${name}", quoted)
@@ -587,19 +629,19 @@ class DatasourceSpec:
             "access": "proxy",
             "url": self.host,
             "user": self.user,
-            "isDefault": True,
+            "isDefault": False,
             "jsonData": {
                 "database": self.database,
                 "sslmode": "disable",
                 "postgresVersion": 1500,
                 "timescaledb": self.timescaledb,
             },
-            "secureJsonData": {"password": self.password},
+            **({"secureJsonData": {"password": self.password}} if self.password else {}),
         }
 
 
 FOLDER_UID = "urbanpulse"
-MIN_GRAFANA = 9
+MIN_GRAFANA = (10, 2, 3)  # the data source type id grafana-postgresql-datasource
 
 
 def provision(
@@ -621,9 +663,11 @@ def provision(
     try:
         health = api.health.check()
         version = str(health.get("version", "0"))
-        if int(version.split(".", maxsplit=1)[0] or 0) < MIN_GRAFANA:
+        parts = tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+        if parts < MIN_GRAFANA:
+            need = ".".join(map(str, MIN_GRAFANA))
             raise UrbanPulseError(
-                f"Grafana {version} at {url} is too old: the dashboards need {MIN_GRAFANA} or later"
+                f"Grafana {version} at {url} is too old: the dashboards need {need} or later"
             )
         done.append(f"Grafana {version} at {url}")
         ds = datasource.payload()

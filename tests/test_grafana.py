@@ -89,6 +89,21 @@ def test_every_panel_query_runs_and_shows_data(seeded: tuple[str, Plan], extra_d
     assert ran >= 25
 
 
+def test_expand_gives_what_grafana_sends() -> None:
+    t0, t1 = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC)
+    sql = (
+        "SELECT $__timeGroupAlias(ts, $__interval), $__timeGroupAlias(bucket, '1h') "
+        "WHERE $__timeFilter(ts) AND x IN ($station) -- every $__interval"
+    )
+    plain = expand(sql, start=t0, end=t1, interval_s=300, variables={"station": ["a", "b'c"]})
+    assert 'floor(extract(epoch from ts)/300)*300 AS "time"' in plain
+    assert 'floor(extract(epoch from bucket)/3600)*3600 AS "time"' in plain
+    assert "ts BETWEEN '2026-11-01T00:00:00+00:00' AND '2026-11-02T00:00:00+00:00'" in plain
+    assert "IN ('a','b''c')" in plain and plain.endswith("every 5m")
+    ts = expand(sql, start=t0, end=t1, interval_s=300, variables={}, timescaledb=True)
+    assert "time_bucket('300s', ts) AS \"time\"" in ts
+
+
 def test_dashboards_are_valid_and_their_datasource_resolves() -> None:
     dashboards = [dashboard_json(b) for b in boards(CATALOGUE)]
     uids = [d["uid"] for d in dashboards]
@@ -248,7 +263,7 @@ def test_provisioning_creates_then_updates_by_uid_through_the_http_api() -> None
     assert len(fake.dashboards) == 6 and fake.problems == []
     with pytest.raises(UrbanPulseError, match="refused the token"):
         provision(fake.url, "wrong", CATALOGUE, spec)
-    old = FakeGrafana(token="t", version="8.5.27")
+    old = FakeGrafana(token="t", version="10.1.5")  # before grafana-postgresql-datasource
     with pytest.raises(UrbanPulseError, match="too old"):
         provision(old.url, "t", CATALOGUE, spec)
     fake.server.shutdown()
@@ -262,9 +277,15 @@ def test_build_and_provision_from_the_command_line(tmp_path: Path) -> None:
     assert out.returncode == 0 and len(list(tmp_path.glob("up-*.json"))) == 6
     fake = FakeGrafana(token="glsa_cli")
     env = {"URBANPULSE_GRAFANA_TOKEN": "glsa_cli", "URBANPULSE_GRAFANA_DB_PASSWORD": "pw"}
-    done = cli("grafana", "provision", "--url", fake.url, "--db-host", "db:5432", env=env)
+    done = cli(
+        "grafana", "provision", "--url", fake.url, "--db-host", "db:5432", "--db-user", "ro",
+        env=env,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "dashboard up-overview: saved" in done.stdout and "pw" not in done.stdout
-    missing = cli("grafana", "provision", "--url", fake.url, env={"URBANPULSE_GRAFANA_TOKEN": ""})
+    missing = cli(
+        "grafana", "provision", "--url", fake.url, "--db-user", "ro",
+        env={"URBANPULSE_GRAFANA_TOKEN": ""},
+    )  # fmt: skip
     assert missing.returncode != 0 and "URBANPULSE_GRAFANA_TOKEN" in missing.stderr
     fake.server.shutdown()

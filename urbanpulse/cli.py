@@ -501,13 +501,19 @@ def cmd_grafana_provision(args: argparse.Namespace) -> int:
     token = os.environ.get(args.token_env, "")
     if not token:
         raise UrbanPulseError(f"set {args.token_env} to a Grafana service-account token")
+    password = os.environ.get(args.db_password_env, "")
+    if not password:
+        raise UrbanPulseError(
+            f"set {args.db_password_env} to the password of {args.db_user!r}, the read-only "
+            "role Grafana uses"
+        )
     db = urlsplit(settings.database_url)
     spec = DatasourceSpec(
         host=args.db_host or f"{db.hostname or '127.0.0.1'}:{db.port or 5432}",
         database=(db.path or "/urbanpulse").lstrip("/"),
-        user=args.db_user or db.username or "postgres",
-        password=os.environ.get(args.db_password_env, db.password or ""),
-        timescaledb=settings.timescaledb != "off",
+        user=args.db_user,
+        password=password,
+        timescaledb=args.timescaledb,
     )
     found = load_rules(_rule_files(args.files), default_registry())
     for line in provision(args.url, token, found, spec):
@@ -803,7 +809,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="environment variable holding a service-account token (never on the command line)",
     )
     gp.add_argument("--db-host", help="host:port of the database as Grafana sees it")
-    gp.add_argument("--db-user", help="database role for Grafana (read-only is enough)")
+    gp.add_argument(
+        "--db-user", required=True, help="the read-only database role Grafana connects as"
+    )
+    gp.add_argument(
+        "--timescaledb",
+        action="store_true",
+        help="the database has TimescaleDB: let Grafana group time with time_bucket",
+    )
     gp.add_argument(
         "--db-password-env",
         default="URBANPULSE_GRAFANA_DB_PASSWORD",
