@@ -1,0 +1,50 @@
+"""The bare-metal deployment files: every systemd unit runs a command the CLI accepts, and the
+example environment file sets only settings that exist."""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+from pathlib import Path
+
+from rules.notify.config import load_config
+from urbanpulse.cli import build_parser
+from urbanpulse.settings import Settings
+
+SYSTEMD = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
+
+
+def units() -> dict[str, configparser.ConfigParser]:
+    out = {}
+    for path in sorted(SYSTEMD.glob("*.service")):
+        unit = configparser.ConfigParser(strict=False, interpolation=None)
+        unit.optionxform = str  # type: ignore[assignment,method-assign]
+        unit.read_string(path.read_text())
+        out[path.name] = unit
+    return out
+
+
+def test_every_unit_runs_a_command_the_cli_accepts() -> None:
+    found = units()
+    assert {"urbanpulse-migrate.service", "urbanpulse-ingest@.service",
+            "urbanpulse-rules.service", "urbanpulse-notify.service"} <= set(found)  # fmt: skip
+    for name, unit in found.items():
+        service = unit["Service"]
+        argv = shlex.split(service["ExecStart"].replace("%i", "1"))
+        assert argv[0] == "/opt/urbanpulse/.venv/bin/urbanpulse", name
+        args = build_parser().parse_args(argv[1:])
+        assert callable(args.func), name
+        assert service["User"] == "urbanpulse" and service["EnvironmentFile"], name
+        if service.get("Type") != "oneshot":
+            assert service["Restart"] == "always", name
+            assert "urbanpulse-migrate.service" in unit["Unit"]["Requires"], name
+
+
+def test_the_example_environment_sets_only_settings_that_exist() -> None:
+    fields = {f"URBANPULSE_{name.upper()}" for name in Settings.model_fields}
+    channels = {c.url_env for c in load_config().channels.values() if c.url_env}
+    for line in (SYSTEMD / "urbanpulse.env.example").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name = line.split("=", 1)[0]
+        assert name in fields or name in channels, name
