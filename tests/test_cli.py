@@ -69,7 +69,7 @@ def test_unreachable_database_is_explained() -> None:
 
 def test_invalid_setting_is_explained() -> None:
     out = cli("db", "migrate", env={"URBANPULSE_MQTT_URL": "http://nope"})
-    assert out.returncode == 2 and "mqtt_url" in out.stderr
+    assert out.returncode == 2 and "URBANPULSE_MQTT_URL" in out.stderr
 
 
 def test_demo_shows_all_four_domains_and_ends_by_itself(tmp_path: Path) -> None:

@@ -48,3 +48,14 @@ def test_the_example_environment_sets_only_settings_that_exist() -> None:
             continue
         name = line.split("=", 1)[0]
         assert name in fields or name in channels, name
+
+
+def test_a_placeholder_or_a_bad_url_is_refused_without_printing_secrets() -> None:
+    from tests.test_cli import cli
+
+    left = cli("status", env={"URBANPULSE_DATABASE_URL": "postgresql://u:CHANGE_ME@h/db"})
+    assert left.returncode == 2
+    assert "replace the placeholder CHANGE_ME in URBANPULSE_DATABASE_URL" in left.stderr
+    bad = cli("status", env={"URBANPULSE_MQTT_URL": "http://user:s3cretpw@host:1883"})
+    assert bad.returncode == 2 and "URBANPULSE_MQTT_URL" in bad.stderr
+    assert "s3cretpw" not in bad.stderr + bad.stdout

@@ -891,7 +891,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except ValidationError as exc:
-        print(f"urbanpulse: invalid settings: {exc}", file=sys.stderr)
+        # what is wrong and where, never the values (a URL may carry a password)
+        for err in exc.errors(include_input=False, include_url=False):
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            name = f"URBANPULSE_{where.upper()}" if where != "settings" else where
+            print(f"urbanpulse: invalid settings: {name}: {err['msg']}", file=sys.stderr)
         return 2
     except DatabaseAuthError as exc:
         print(f"urbanpulse: {exc}", file=sys.stderr)

@@ -7,9 +7,10 @@ from typing import Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+PLACEHOLDER = "CHANGE_ME"  # what the example environment files put where a secret goes
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/urbanpulse"
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 
@@ -87,7 +88,7 @@ class Settings(BaseSettings):
     def _check_mqtt_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in {"mqtt", "mqtts", "tcp"} or not parts.hostname:
-            raise ValueError(f"expected mqtt://host:port, got {value!r}")
+            raise ValueError("expected mqtt://[user:password@]host:port")
         return value
 
     @field_validator("timezone")
@@ -99,11 +100,23 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown timezone {value!r} (e.g. Asia/Shanghai)") from None
         return value
 
+    @model_validator(mode="after")
+    def _no_placeholders(self) -> Settings:
+        """An example value left in place (CHANGE_ME) is refused, naming the setting."""
+        left = [
+            f"URBANPULSE_{name.upper()}"
+            for name, value in self
+            if isinstance(value, str) and PLACEHOLDER in value
+        ]
+        if left:
+            raise ValueError(f"replace the placeholder {PLACEHOLDER} in {', '.join(left)}")
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://")):
-            raise ValueError(f"expected postgresql://user@host:port/dbname, got {value!r}")
+            raise ValueError("expected postgresql://user@host:port/dbname")
         return value
 
     @field_validator("topic_prefix")
