@@ -59,3 +59,43 @@ def test_a_placeholder_or_a_bad_url_is_refused_without_printing_secrets() -> Non
     bad = cli("status", env={"URBANPULSE_MQTT_URL": "http://user:s3cretpw@host:1883"})
     assert bad.returncode == 2 and "URBANPULSE_MQTT_URL" in bad.stderr
     assert "s3cretpw" not in bad.stderr + bad.stdout
+
+
+def test_the_compose_stack_is_complete_and_its_commands_exist() -> None:
+    """Checked by reading it: no container engine runs on these machines, and the docker
+    client here has no compose plugin to run `docker compose config`."""
+    import re
+
+    import yaml
+
+    root = SYSTEMD.parent
+    text = (root / "compose.yaml").read_text()
+    stack = yaml.safe_load(text)
+    services = stack["services"]
+    assert set(services) == {
+        "timescaledb", "mosquitto", "grafana", "migrate", "ingest", "rules", "notify",
+    }  # fmt: skip
+    for name, svc in services.items():
+        assert svc.get("restart") in ("unless-stopped", "no"), name
+        if name != "migrate":
+            assert "healthcheck" in svc, name
+        if "command" in svc:  # an UrbanPulse service: a command the CLI accepts
+            args = build_parser().parse_args(svc["command"])
+            assert callable(args.func), name
+            if name != "migrate":
+                assert svc["depends_on"]["migrate"] == {
+                    "condition": "service_completed_successfully"
+                }
+    # every secret is required: compose stops before anything starts if one is missing
+    for secret in ("URBANPULSE_DB_PASSWORD", "URBANPULSE_MQTT_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        uses = re.findall(r"\$\{" + secret + r"(:\?[^}]*)?\}", text)
+        assert uses and all(u.startswith(":?") for u in uses), secret
+    for mount in services["mosquitto"]["volumes"] + services["grafana"]["volumes"]:
+        source = mount.split(":")[0]
+        if source.startswith("./") and not source.endswith(("passwd", "acl")):
+            assert (root / source).exists(), source
+    dockerfile = (root.parent / "Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert (root.parent / src).exists(), src
