@@ -13,7 +13,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +48,7 @@ class RuleReport:
     error: str | None = None
     watermark: float | None = None  # measurement time evaluated up to (None: failed)
     record: bool = False  # a recording rule: `evaluations` counts the rows it wrote
+    busy: bool = False  # another runner had its turn at it: left to that runner
 
 
 @dataclass
@@ -427,6 +429,29 @@ def kpi_pass(
     return _locked_pass(conn, RuleReport(f"kpi:{kpi.id}", record=True), since, work)
 
 
+@contextmanager
+def _turn(conn: psycopg.Connection[Any], key: str) -> Iterator[bool]:
+    """This runner's turn at a record, KPI or rule: yields False while another runner holds
+    it (the work is then left to that runner). The lock belongs to the session, so a runner
+    that dies gives its turns back at once and the next pass of another picks them up."""
+    conn.commit()
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"turn|{key}",)
+    ).fetchone()
+    conn.commit()
+    mine = bool(row and row[0])
+    try:
+        yield mine
+    finally:
+        if mine:
+            try:
+                conn.rollback()
+                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (f"turn|{key}",))
+                conn.commit()
+            except psycopg.Error:  # the connection is gone: so is the lock
+                log.warning("could not release the turn at %s", key)
+
+
 def run_pass(
     conn: psycopg.Connection[Any],
     rules: RuleSet | list[Rule],
@@ -445,25 +470,42 @@ def run_pass(
     out = PassReport(datetime.fromtimestamp(watermark, UTC))
     zone = ZoneInfo(tz)
     for rec in ruleset.records:
-        out.rules.append(
-            record_pass(conn, rec, watermark=watermark, since=since.timestamp(), tz=zone)
-        )
-    for kpi in ruleset.kpis:
-        out.rules.append(kpi_pass(conn, kpi, watermark=watermark, since=since.timestamp(), tz=zone))
-    for rule in ruleset.rules:
-        started = time.monotonic()
-        try:
-            report = evaluate_rule(
-                conn, rule, registry, watermark=watermark, since=since.timestamp(), step_s=step_s
+        with _turn(conn, rec.id) as mine:
+            out.rules.append(
+                record_pass(conn, rec, watermark=watermark, since=since.timestamp(), tz=zone)
+                if mine
+                else RuleReport(rec.id, record=True, busy=True)
             )
-        except (psycopg.Error, ValueError, ArithmeticError, KeyError) as exc:
-            conn.rollback()
-            report = RuleReport(rule.id, error=f"{type(exc).__name__}: {exc}")
-            log.error("rule %s failed: %s", rule.id, report.error)
-        report.duration_ms = (time.monotonic() - started) * 1000
-        _health(conn, report)
-        conn.commit()
-        out.rules.append(report)
+    for kpi in ruleset.kpis:
+        with _turn(conn, f"kpi:{kpi.id}") as mine:
+            out.rules.append(
+                kpi_pass(conn, kpi, watermark=watermark, since=since.timestamp(), tz=zone)
+                if mine
+                else RuleReport(f"kpi:{kpi.id}", record=True, busy=True)
+            )
+    for rule in ruleset.rules:
+        with _turn(conn, rule.id) as mine:
+            if not mine:
+                out.rules.append(RuleReport(rule.id, busy=True))
+                continue
+            started = time.monotonic()
+            try:
+                report = evaluate_rule(
+                    conn,
+                    rule,
+                    registry,
+                    watermark=watermark,
+                    since=since.timestamp(),
+                    step_s=step_s,
+                )
+            except (psycopg.Error, ValueError, ArithmeticError, KeyError) as exc:
+                conn.rollback()
+                report = RuleReport(rule.id, error=f"{type(exc).__name__}: {exc}")
+                log.error("rule %s failed: %s", rule.id, report.error)
+            report.duration_ms = (time.monotonic() - started) * 1000
+            _health(conn, report)
+            conn.commit()
+            out.rules.append(report)
     return out
 
 

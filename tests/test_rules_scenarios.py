@@ -271,3 +271,26 @@ def test_passes_at_odd_moments_give_the_same_alerts(db_url: str) -> None:
         load(other, "device-faults")
         assert evaluate_all(other, plan) == stepped
     assert {r[0] for r in stepped} >= {"device.offline_parking", "device.offline_flood"}
+
+
+def test_runners_take_turns_and_a_dead_runners_share_is_picked_up(db_url: str) -> None:
+    """While one runner has its turn at a rule, another leaves that rule to it and does the
+    rest; when the first dies (its session ends), the next pass of the other catches the
+    rule up from its watermark: the alerts are all there, once."""
+    plan = load(db_url, "rainstorm")
+    rules = load_rules(RULES, REGISTRY)
+    since = datetime.fromtimestamp(plan.start, UTC)
+    end = datetime.fromtimestamp(plan.end, UTC)
+    with psycopg.connect(db_url) as first:
+        first.execute("SELECT pg_advisory_lock(hashtextextended('turn|flood.ponding_15cm', 0))")
+        first.commit()
+        with psycopg.connect(db_url) as second:
+            report = run_pass(second, rules, REGISTRY, now=end, lateness_s=0, since=since)
+            assert {r.rule_id for r in report.rules if r.busy} == {"flood.ponding_15cm"}
+            assert not [a for a in alerts(second) if a[0] == "flood.ponding_15cm"]
+    # the first runner is gone (connection closed): its turn is free again
+    with psycopg.connect(db_url) as second:
+        report = run_pass(second, rules, REGISTRY, now=end, lateness_s=0, since=since)
+        assert not [r for r in report.rules if r.busy]
+        ponding = [a for a in alerts(second) if a[0] == "flood.ponding_15cm"]
+    assert sorted(a[1] for a in ponding) == ["fl-fhh-underpass", "fl-lc-honghe", "fl-lc-zhongshan"]

@@ -256,6 +256,9 @@ def cmd_rules_run(args: argparse.Namespace) -> int:
                 tz=settings.timezone,
             )
             for r in report.rules:
+                if r.busy:
+                    print(f"  {r.rule_id:<26} busy: another runner has its turn")
+                    continue
                 status = f"FAILED {r.error}" if r.error else "ok"
                 if r.record:
                     print(
