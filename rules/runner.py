@@ -372,16 +372,22 @@ def _locked_pass(
     since: float,
     work: Callable[[float], tuple[int, float]],
 ) -> RuleReport:
-    """Run `work(after)` → (rows written, new watermark) under a lock on the report's id, in
-    one transaction with the new watermark, so that whatever number of runners there are,
-    each period is written once. A failure is rolled back and recorded in rule_health."""
+    """Run `work(after)` → (rows written, new watermark) in one transaction with the new
+    watermark, during this runner's turn at the report's id, so that whatever number of
+    runners there are, each period is written once. The turn is a transaction lock: while
+    another runner holds it the work is left to that one (busy), and it ends with the
+    transaction, or with the session of a runner that dies. A failure is rolled back and
+    recorded in rule_health."""
     started = time.monotonic()
     conn.commit()
     try:
         with conn.transaction():
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"pass|{report.rule_id}",)
-            )
+            row = conn.execute(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
+                (f"turn|{report.rule_id}",),
+            ).fetchone()
+            if not (row and row[0]):
+                return RuleReport(report.rule_id, record=True, busy=True)
             after = _watermark_of(conn, report.rule_id)
             report.evaluations, report.watermark = work(since if after is None else after)
             report.duration_ms = (time.monotonic() - started) * 1000
@@ -431,9 +437,11 @@ def kpi_pass(
 
 @contextmanager
 def _turn(conn: psycopg.Connection[Any], key: str) -> Iterator[bool]:
-    """This runner's turn at a record, KPI or rule: yields False while another runner holds
-    it (the work is then left to that runner). The lock belongs to the session, so a runner
-    that dies gives its turns back at once and the next pass of another picks them up."""
+    """This runner's turn at a rule, whose evaluation spans many transactions (records and
+    KPIs take theirs in their one transaction, in _locked_pass): yields False while another
+    runner holds it (the rule is then left to that runner). The lock belongs to the session,
+    so a runner that dies gives its turns back at once and the next pass of another picks
+    them up."""
     conn.commit()
     row = conn.execute(
         "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"turn|{key}",)
@@ -470,19 +478,11 @@ def run_pass(
     out = PassReport(datetime.fromtimestamp(watermark, UTC))
     zone = ZoneInfo(tz)
     for rec in ruleset.records:
-        with _turn(conn, rec.id) as mine:
-            out.rules.append(
-                record_pass(conn, rec, watermark=watermark, since=since.timestamp(), tz=zone)
-                if mine
-                else RuleReport(rec.id, record=True, busy=True)
-            )
+        out.rules.append(
+            record_pass(conn, rec, watermark=watermark, since=since.timestamp(), tz=zone)
+        )
     for kpi in ruleset.kpis:
-        with _turn(conn, f"kpi:{kpi.id}") as mine:
-            out.rules.append(
-                kpi_pass(conn, kpi, watermark=watermark, since=since.timestamp(), tz=zone)
-                if mine
-                else RuleReport(f"kpi:{kpi.id}", record=True, busy=True)
-            )
+        out.rules.append(kpi_pass(conn, kpi, watermark=watermark, since=since.timestamp(), tz=zone))
     for rule in ruleset.rules:
         with _turn(conn, rule.id) as mine:
             if not mine:

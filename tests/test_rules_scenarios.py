@@ -282,15 +282,20 @@ def test_runners_take_turns_and_a_dead_runners_share_is_picked_up(db_url: str) -
     since = datetime.fromtimestamp(plan.start, UTC)
     end = datetime.fromtimestamp(plan.end, UTC)
     with psycopg.connect(db_url) as first:
-        first.execute("SELECT pg_advisory_lock(hashtextextended('turn|flood.ponding_15cm', 0))")
+        for held in ("flood.ponding_15cm", "flood.ponding_events"):  # a rule and a record
+            first.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"turn|{held}",))
         first.commit()
         with psycopg.connect(db_url) as second:
             report = run_pass(second, rules, REGISTRY, now=end, lateness_s=0, since=since)
-            assert {r.rule_id for r in report.rules if r.busy} == {"flood.ponding_15cm"}
+            busy = {r.rule_id for r in report.rules if r.busy}
+            assert busy == {"flood.ponding_15cm", "flood.ponding_events"}
+            assert second.execute("SELECT count(*) FROM ponding_events").fetchone() == (0,)
             assert not [a for a in alerts(second) if a[0] == "flood.ponding_15cm"]
     # the first runner is gone (connection closed): its turn is free again
     with psycopg.connect(db_url) as second:
         report = run_pass(second, rules, REGISTRY, now=end, lateness_s=0, since=since)
         assert not [r for r in report.rules if r.busy]
         ponding = [a for a in alerts(second) if a[0] == "flood.ponding_15cm"]
+        events = second.execute("SELECT count(DISTINCT device_id) FROM ponding_events")
+        assert events.fetchone() == (3,)
     assert sorted(a[1] for a in ponding) == ["fl-fhh-underpass", "fl-lc-honghe", "fl-lc-zhongshan"]
