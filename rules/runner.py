@@ -366,6 +366,23 @@ def _watermark_of(conn: psycopg.Connection[Any], rule_id: str) -> float | None:
     return row[0].timestamp() if row and row[0] is not None else None
 
 
+# what a failing rule, record or KPI may raise: rolled back and recorded, the others go on
+FAILURES = (psycopg.Error, ValueError, ArithmeticError, KeyError)
+
+
+def _failed(
+    conn: psycopg.Connection[Any], rule_id: str, exc: Exception, started: float, *, record: bool
+) -> RuleReport:
+    """Roll back, record the error in rule_health (the watermark stays) and report it."""
+    conn.rollback()
+    report = RuleReport(rule_id, error=f"{type(exc).__name__}: {exc}", record=record)
+    log.error("%s failed: %s", rule_id, report.error)
+    report.duration_ms = (time.monotonic() - started) * 1000
+    _health(conn, report)
+    conn.commit()
+    return report
+
+
 def _locked_pass(
     conn: psycopg.Connection[Any],
     report: RuleReport,
@@ -392,12 +409,8 @@ def _locked_pass(
             report.evaluations, report.watermark = work(since if after is None else after)
             report.duration_ms = (time.monotonic() - started) * 1000
             _health(conn, report)
-    except (psycopg.Error, ValueError, ArithmeticError, KeyError) as exc:
-        report = RuleReport(report.rule_id, error=f"{type(exc).__name__}: {exc}", record=True)
-        log.error("%s failed: %s", report.rule_id, report.error)
-        report.duration_ms = (time.monotonic() - started) * 1000
-        _health(conn, report)
-        conn.commit()
+    except FAILURES as exc:
+        report = _failed(conn, report.rule_id, exc, started, record=True)
     return report
 
 
@@ -498,10 +511,9 @@ def run_pass(
                     since=since.timestamp(),
                     step_s=step_s,
                 )
-            except (psycopg.Error, ValueError, ArithmeticError, KeyError) as exc:
-                conn.rollback()
-                report = RuleReport(rule.id, error=f"{type(exc).__name__}: {exc}")
-                log.error("rule %s failed: %s", rule.id, report.error)
+            except FAILURES as exc:
+                out.rules.append(_failed(conn, rule.id, exc, started, record=False))
+                continue
             report.duration_ms = (time.monotonic() - started) * 1000
             _health(conn, report)
             conn.commit()

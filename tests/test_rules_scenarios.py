@@ -299,3 +299,30 @@ def test_runners_take_turns_and_a_dead_runners_share_is_picked_up(db_url: str) -
         events = second.execute("SELECT count(DISTINCT device_id) FROM ponding_events")
         assert events.fetchone() == (3,)
     assert sorted(a[1] for a in ponding) == ["fl-fhh-underpass", "fl-lc-honghe", "fl-lc-zhongshan"]
+
+
+def test_a_failing_record_is_recorded_and_the_rest_carry_on(db_url: str) -> None:
+    plan = load(db_url, "rainstorm")
+    with psycopg.connect(db_url) as conn:
+        conn.execute("ALTER TABLE ponding_events RENAME TO ponding_events_away")
+        conn.commit()
+    rules = load_rules(RULES, REGISTRY)
+    with psycopg.connect(db_url) as conn:
+        report = run_pass(
+            conn,
+            rules,
+            REGISTRY,
+            now=datetime.fromtimestamp(plan.end, UTC),
+            lateness_s=0,
+            since=datetime.fromtimestamp(plan.start, UTC),
+        )
+        assert [r.rule_id for r in report.failed] == ["flood.ponding_events"]
+        health = conn.execute(
+            "SELECT watermark, last_error, failures FROM rule_health "
+            "WHERE rule_id = 'flood.ponding_events'"
+        ).fetchone()
+        assert health is not None and health[0] is None and health[2] == 1
+        assert "UndefinedTable" in health[1]
+        assert {a[1] for a in alerts(conn) if a[0] == "flood.ponding_15cm"} == {
+            "fl-fhh-underpass", "fl-lc-honghe", "fl-lc-zhongshan",
+        }  # fmt: skip
