@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -135,7 +136,7 @@ def _insert(
     level: int,
     channel: str,
     kind: str,
-    msg: Any,
+    msg: Message,
     attachment: tuple[str, bytes] | None = None,
 ) -> int:
     """Plan one message to one channel (once per key). A channel whose URL variable is not
@@ -165,6 +166,41 @@ def _insert(
         ),
     )
     return max(cur.rowcount, 0)
+
+
+def _render(ctx: Context, kind: str, dept: str, level: int, alerts: list[AlertInfo]) -> Message:
+    """The message for the people on call at a department's level."""
+    people = ctx.config.departments[dept].on_call[level].people
+    return render(kind, dept, alerts, ctx.config, ctx.tz, level=level, people=people)
+
+
+def _to_level(
+    conn: Conn,
+    ctx: Context,
+    dept: str,
+    level: int,
+    *,
+    kind: str,
+    msg: Message,
+    key: Callable[[str], str],
+    attachment: tuple[str, bytes] | None = None,
+) -> int:
+    """Plan `msg` to every channel of a department's on-call level, `key(channel)` being each
+    one's idempotency key; returns the notifications created."""
+    return sum(
+        _insert(
+            conn,
+            ctx,
+            key=key(channel),
+            department=dept,
+            level=level,
+            channel=channel,
+            kind=kind,
+            msg=msg,
+            attachment=attachment,
+        )
+        for channel in ctx.config.departments[dept].levels[level]
+    )
 
 
 def plan(conn: Conn, ctx: Context, now: datetime) -> int:
@@ -198,20 +234,16 @@ def plan(conn: Conn, ctx: Context, now: datetime) -> int:
                 groups[(dept, str(kind))].append((int(outbox_id), info))
         created = 0
         for (dept, kind), items in sorted(groups.items()):
-            people = ctx.config.departments[dept].on_call[0].people
-            msg = render(kind, dept, [i for _, i in items], ctx.config, ctx.tz, people=people)
             ids = [o for o, _ in items]
-            for channel in ctx.config.departments[dept].levels[0]:
-                created += _insert(
-                    conn,
-                    ctx,
-                    key=group_key(kind, dept, channel, ids),
-                    department=dept,
-                    level=0,
-                    channel=channel,
-                    kind=kind,
-                    msg=msg,
-                )
+            created += _to_level(
+                conn,
+                ctx,
+                dept,
+                0,
+                kind=kind,
+                msg=_render(ctx, kind, dept, 0, [i for _, i in items]),
+                key=partial(group_key, kind, dept, outbox_ids=ids),
+            )
         conn.execute(
             "UPDATE notify_outbox SET processed_at = now() WHERE id = ANY(%s)",
             ([int(r[0]) for r in rows],),
@@ -337,20 +369,16 @@ def unsilence(conn: Conn, ctx: Context, now: datetime) -> int:
                 (now if departments else None, escalate_at, alert_id),
             )
             for dept in departments:
-                people = ctx.config.departments[dept].on_call[0].people
-                msg = render("firing", dept, [info], ctx.config, ctx.tz, people=people)
-                for channel in ctx.config.departments[dept].levels[0]:
-                    created += _insert(
-                        conn,
-                        ctx,
-                        key=f"firing:{alert_id}:after-silence-{silence_id}:{dept_tag(dept)}"
-                        f":{channel}",
-                        department=dept,
-                        level=0,
-                        channel=channel,
-                        kind="firing",
-                        msg=msg,
-                    )
+                tag = f"firing:{alert_id}:after-silence-{silence_id}:{dept_tag(dept)}"
+                created += _to_level(
+                    conn,
+                    ctx,
+                    dept,
+                    0,
+                    kind="firing",
+                    msg=_render(ctx, "firing", dept, 0, [info]),
+                    key=(tag + ":{}").format,
+                )
     return created
 
 
@@ -397,20 +425,17 @@ def escalate(conn: Conn, ctx: Context, now: datetime) -> int:
                 "UPDATE alert_notify_state SET level = %s, escalate_at = %s WHERE alert_id = %s",
                 (nxt, _next_escalation(ctx, info, dept, nxt, now), alert_id),
             )
-            people = ctx.config.departments[dept].on_call[nxt].people
-            msg = render("escalation", dept, [info], ctx.config, ctx.tz, level=nxt, people=people)
-            for channel in levels[nxt]:
-                tag = f"r{was_due.timestamp():.0f}" if reminder else str(nxt)
-                created += _insert(
-                    conn,
-                    ctx,
-                    key=f"escalation:{alert_id}:{tag}:{dept_tag(dept)}:{channel}",
-                    department=dept,
-                    level=nxt,
-                    channel=channel,
-                    kind="escalation",
-                    msg=msg,
-                )
+            step = f"r{was_due.timestamp():.0f}" if reminder else str(nxt)
+            tag = f"escalation:{alert_id}:{step}:{dept_tag(dept)}"
+            created += _to_level(
+                conn,
+                ctx,
+                dept,
+                nxt,
+                kind="escalation",
+                msg=_render(ctx, "escalation", dept, nxt, [info]),
+                key=(tag + ":{}").format,
+            )
     return created
 
 
@@ -615,18 +640,16 @@ def plan_digests(conn: Conn, ctx: Context, day: date) -> int:
         msg = Message(got.title, got.body)
         chart = (f"digest-{day.isoformat()}.png", got.chart) if got.chart else None
         with conn.transaction():
-            for channel in ctx.config.departments[dept].levels[0]:
-                created += _insert(
-                    conn,
-                    ctx,
-                    key=keys[(dept, channel)],
-                    department=dept,
-                    level=0,
-                    channel=channel,
-                    kind="digest",
-                    msg=msg,
-                    attachment=chart,
-                )
+            created += _to_level(
+                conn,
+                ctx,
+                dept,
+                0,
+                kind="digest",
+                msg=msg,
+                key=partial(digest_key, department=dept, day=day),
+                attachment=chart,
+            )
     return created
 
 
