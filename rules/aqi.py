@@ -7,6 +7,7 @@ level with its category and colour, for an hourly (real-time) or a daily report.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -76,6 +77,7 @@ def standards() -> list[str]:
     return sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml"))
 
 
+@functools.cache  # read once: every AQI record of every pass uses it (the model is frozen)
 def load_standard(name: str = "hj633-2012") -> AqiStandard:
     folder = resources.files("rules").joinpath("standards")
     text = folder.joinpath(f"{name}.yaml").read_text("utf-8")
