@@ -92,7 +92,15 @@ _SHORT = f"$__timeTo()::timestamptz - $__timeFrom()::timestamptz <= interval '{R
 _LONG = f"$__timeTo()::timestamptz - $__timeFrom()::timestamptz > interval '{RAW_RANGE}'"
 
 
-def _ranged(metric: str, agg: str, rollup_agg: str, where: str = "", by: str = "device_id") -> str:
+def _ranged(
+    metric: str,
+    agg: str,
+    rollup_agg: str,
+    where: str = "",
+    by: str = "device_id",
+    *,
+    ordered: bool = True,
+) -> str:
     """A time series of one metric per `by`: from raw readings over short ranges, from the
     hourly rollup (a continuous aggregate on TimescaleDB) over long ones, so a month stays
     fast. `agg` aggregates `value`; `rollup_agg` the rollup's columns (avg, max, sum, n…)."""
@@ -104,7 +112,7 @@ def _ranged(metric: str, agg: str, rollup_agg: str, where: str = "", by: str = "
         # the rollup's buckets are hours: never group them finer (a sum would jump)
         f"UNION ALL SELECT $__timeGroupAlias(bucket, '1h'), {by}, {rollup_agg} "
         f"FROM readings_hourly WHERE metric = '{metric}'{extra} AND $__timeFilter(bucket) "
-        f"AND {_LONG} GROUP BY 1, 2 ORDER BY 1"
+        f"AND {_LONG} GROUP BY 1, 2{' ORDER BY 1' if ordered else ''}"
     )
 
 
@@ -183,7 +191,8 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
                     "device_id IN (SELECT device_id FROM devices WHERE kind = 'inlet_meter' "
                     "AND zone IN ($dma))",
                     by="device_id",
-                ).replace(" ORDER BY 1", "")
+                    ordered=False,
+                )
                 + ") AS per_inlet JOIN devices d ON d.device_id = per_inlet.metric "
                 "GROUP BY 1, d.zone ORDER BY 1",
                 unit="suffix: m³/h",
@@ -302,7 +311,8 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
                     "sum(sum) / sum(n)",
                     "device_id IN ($station)",
                     by="device_id || ' NO2'",
-                ).replace(" ORDER BY 1", "")
+                    ordered=False,
+                )
                 + " UNION ALL "
                 + _ranged(
                     "o3",
@@ -310,7 +320,8 @@ def boards(ruleset: RuleSet, std: hj633.AqiStandard | None = None) -> list[Board
                     "sum(sum) / sum(n)",
                     "device_id IN ($station)",
                     by="device_id || ' O3'",
-                ).replace(" ORDER BY 1", "")
+                    ordered=False,
+                )
                 + " UNION ALL "
                 + _ranged(
                     "pm10",
