@@ -51,14 +51,12 @@ def _inflows(
     ).fetchall()
 
 
-def _volume_at(
-    conn: Conn, kinds: list[str], at: float
-) -> dict[str, tuple[str, str | None, float | None]]:
+def _volume_at(conn: Conn, kinds: list[str], at: float) -> dict[str, tuple[str, float | None]]:
     """Each customer meter's volume index interpolated at `at` (None when not bracketed)."""
     rows = conn.execute(
         """
-        SELECT d.device_id, d.zone, d.attributes ->> 'district',
-               extract(epoch FROM b.ts)::float8, b.value, extract(epoch FROM a.ts)::float8, a.value
+        SELECT d.device_id, d.zone, extract(epoch FROM b.ts)::float8, b.value,
+               extract(epoch FROM a.ts)::float8, a.value
           FROM devices d
           LEFT JOIN LATERAL (
                 SELECT ts, value FROM readings r
@@ -74,8 +72,8 @@ def _volume_at(
         """,
         {"at": utc(at), "kinds": kinds},
     ).fetchall()
-    out: dict[str, tuple[str, str | None, float | None]] = {}
-    for device, zone, _district, t0, v0, t1, v1 in rows:
+    out: dict[str, tuple[str, float | None]] = {}
+    for device, zone, t0, v0, t1, v1 in rows:
         value: float | None = None
         if t0 is not None and t1 is not None:
             if t1 == t0:
@@ -84,7 +82,7 @@ def _volume_at(
                 value = float(v0) + (float(v1) - float(v0)) * (at - float(t0)) / (
                     float(t1) - float(t0)
                 )
-        out[str(device)] = (str(zone), _district, value)
+        out[str(device)] = (str(zone), value)
     return out
 
 
@@ -115,9 +113,9 @@ def water_balance(
             b.inflow += float(mean) * hours
     before = _volume_at(conn, rec.customer_kinds, start)
     after = _volume_at(conn, rec.customer_kinds, end)
-    for device, (zone, _district, v1) in after.items():
+    for device, (zone, v1) in after.items():
         b = out[zone]
-        v0 = before.get(device, (zone, None, None))[2]
+        v0 = before.get(device, (zone, None))[1]
         if v0 is None or v1 is None or v1 < v0:  # not bracketed, or a replaced/rolled meter
             b.customers_missing += 1
             continue
