@@ -77,6 +77,23 @@ class Settings(BaseSettings):
         None, description="Storage policy YAML (default: the packaged policy)"
     )
     log_level: str = Field("INFO", description="Python logging level")
+    api_host: str = Field("127.0.0.1", description="Address the HTTP API listens on")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP API")
+    api_workers: int = Field(1, ge=1, le=64, description="HTTP API worker processes")
+    api_cors_origins: str = Field(
+        "", description="Comma-separated origins allowed to call the API from a browser (* for any)"
+    )
+    api_pool_size: int = Field(
+        10, ge=1, le=200, description="Database connections of each API worker"
+    )
+    link_secret: str = Field(
+        "",
+        description="Key that signs the acknowledgement links of notifications "
+        "(default: a random key generated once and kept in the database)",
+    )
+    link_ttl_s: int = Field(
+        7 * 86400, ge=60, description="How long an acknowledgement link stays valid"
+    )
     datasets: Path | None = Field(
         None,
         description="Folder of the public datasets for `urbanpulse replay` "

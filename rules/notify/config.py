@@ -8,6 +8,7 @@ a channel names the environment variable that holds its URL (`url_env`) or heade
 from __future__ import annotations
 
 import os
+import string
 from pathlib import Path
 from typing import Literal
 
@@ -114,11 +115,23 @@ class NotifyConfig(_Strict):
     backoff: Duration = Field(30.0, gt=0)  # doubled after each failed attempt
     backoff_max: Duration = Field(1800.0, gt=0)
     lease: Duration = Field(120.0, gt=0)  # a claimed message is retried after this
-    ack_url: str = "http://127.0.0.1:8000/alerts/{alert_id}"
+    # where a manager acknowledges: {token} is a signed, expiring link (urbanpulse.links),
+    # {alert_id} the bare id (for a console of your own that asks people to sign in)
+    ack_url: str = "http://127.0.0.1:8000/ack/{token}"
     channels: dict[str, Channel]
     departments: dict[str, Department]
     routes: list[Route] = Field(default_factory=list)
     digest: Digest = Digest()
+
+    @field_validator("ack_url")
+    @classmethod
+    def _ack_placeholders(cls, value: str) -> str:
+        names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        if names - {"alert_id", "token"}:
+            raise ValueError("ack_url may only use {alert_id} and {token}")
+        if not names:
+            raise ValueError("ack_url needs {token} (signed link) or {alert_id}")
+        return value
 
     @field_validator("escalation")
     @classmethod

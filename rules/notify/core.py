@@ -7,7 +7,7 @@ No I/O and no clock reads: the service passes `now` and the rows it read.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -149,9 +149,11 @@ def render(
     *,
     level: int = 0,
     people: list[str] | None = None,
+    token: Callable[[int], str] | None = None,
 ) -> Message:
     """One message for a department about some alerts: what breached, where, the value and the
-    threshold, since when, the plan clause and where to acknowledge it."""
+    threshold, since when, the plan clause and where to acknowledge it (`token` signs the
+    acknowledgement link of an alert for this department)."""
     n = len(alerts)
     worst = max(alerts, key=lambda a: ("info", "warning", "major", "critical").index(a.severity))
     if kind == "resolved":
@@ -172,7 +174,7 @@ def render(
     en: list[str] = ["---", f"### {title.split(' / ', 1)[-1]}", f"Department: {department}{to}"]
     for a in alerts[: config.max_alerts]:
         where = f"{a.place}（{a.entity}）" if a.place and a.place != a.entity else a.entity
-        link = config.ack_url.format(alert_id=a.id)
+        link = config.ack_url.format(alert_id=a.id, token=token(a.id) if token else "")
         if kind == "resolved":
             zh.append(
                 f"- **{a.title_zh}**：{where}，{_when(a.started_at, tz)} 起，"

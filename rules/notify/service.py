@@ -50,6 +50,7 @@ from rules.notify.core import (
     silenced_by,
 )
 from rules.notify.digest import build, digest_key
+from urbanpulse import links
 
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]
@@ -71,6 +72,8 @@ class Context:
     rules: dict[str, Rule]
     tz: ZoneInfo
     kpis: tuple[Kpi, ...] = ()
+    link_key: bytes | None = None  # signs acknowledgement links (urbanpulse.links)
+    link_ttl_s: int = 7 * 86400
 
 
 def load_alerts(conn: Conn, ctx: Context, ids: list[int]) -> dict[int, AlertInfo]:
@@ -171,7 +174,13 @@ def _insert(
 def _render(ctx: Context, kind: str, dept: str, level: int, alerts: list[AlertInfo]) -> Message:
     """The message for the people on call at a department's level."""
     people = ctx.config.departments[dept].on_call[level].people
-    return render(kind, dept, alerts, ctx.config, ctx.tz, level=level, people=people)
+    key = ctx.link_key
+    expires = int(time.time()) + ctx.link_ttl_s
+
+    def token(alert_id: int) -> str:
+        return links.sign(key, alert_id, dept, expires) if key else ""
+
+    return render(kind, dept, alerts, ctx.config, ctx.tz, level=level, people=people, token=token)
 
 
 def _to_level(
