@@ -179,6 +179,76 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- api and tokens ----------------------------------------------------------------------------
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(args)
+    if args.database_url:  # the app reads its settings from the environment, in every worker
+        os.environ["URBANPULSE_DATABASE_URL"] = args.database_url
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    workers = args.workers or settings.api_workers
+    print(f"UrbanPulse API on http://{host}:{port}/docs ({workers} worker(s))", file=sys.stderr)
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=args.proxy_headers,
+    )
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from urbanpulse.db.connect import connect
+    from urbanpulse.db.tokens import Role, create_token, list_tokens, revoke_token
+
+    settings = _settings(args)
+    with connect(settings.database_url) as conn:
+        if args.tokens_cmd == "create":
+            expires = timedelta(days=args.expires_days) if args.expires_days else None
+            secret, info = create_token(
+                conn, args.name, Role(args.role), department=args.department, expires_in=expires
+            )
+            print(secret)
+            print(
+                f"token {info.name} ({info.role.value}"
+                f"{', ' + info.department if info.department else ''}) created; "
+                "the secret above is shown once: store it now",
+                file=sys.stderr,
+            )
+            return 0
+        if args.tokens_cmd == "revoke":
+            if not revoke_token(conn, args.name):
+                print(f"urbanpulse: no active token named {args.name}", file=sys.stderr)
+                return 1
+            print(f"token {args.name} revoked (API workers forget it within 5 s)")
+            return 0
+        rows = list_tokens(conn, include_revoked=args.all)
+    table: list[tuple[str, ...]] = [("name", "role", "department", "created", "expires", "state")]
+    for t in rows:
+        table.append(
+            (
+                t.name,
+                t.role.value,
+                t.department or "-",
+                t.created_at.astimezone(UTC).strftime("%Y-%m-%d"),
+                t.expires_at.astimezone(UTC).strftime("%Y-%m-%d") if t.expires_at else "never",
+                "revoked" if t.revoked_at else "active",
+            )
+        )
+    _print_table(table)
+    return 0
+
+
 # --- rules -------------------------------------------------------------------------------------
 
 
@@ -386,11 +456,20 @@ def _notify_context(settings: Settings, files: list[str]) -> Any:
     from rules.notify.config import load_config
     from rules.notify.service import Context
     from urbanpulse.contract.registry import default_registry
+    from urbanpulse.db.connect import connect
+    from urbanpulse.links import link_key
 
     config = load_config(settings.notify_config)
     found = load_rules(_rule_files(files), default_registry())
+    with connect(settings.database_url) as conn:
+        key = link_key(conn, settings.link_secret)
     return Context(
-        config, {r.id: r for r in found.rules}, ZoneInfo(settings.timezone), tuple(found.kpis)
+        config,
+        {r.id: r for r in found.rules},
+        ZoneInfo(settings.timezone),
+        tuple(found.kpis),
+        link_key=key,
+        link_ttl_s=settings.link_ttl_s,
     )
 
 
@@ -827,6 +906,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gp.add_argument("--files", nargs="*", default=[], metavar="FILE", help="rule files")
     gp.set_defaults(func=cmd_grafana_provision)
+
+    api = sub.add_parser("api", help="serve the HTTP API (OpenAPI docs at /docs)")
+    api.add_argument("--host", help="listen address (default URBANPULSE_API_HOST, 127.0.0.1)")
+    api.add_argument("--port", type=int, help="port (default URBANPULSE_API_PORT, 8000)")
+    api.add_argument(
+        "--workers", type=int, help="worker processes (default URBANPULSE_API_WORKERS)"
+    )
+    api.add_argument(
+        "--proxy-headers",
+        action="store_true",
+        help="trust X-Forwarded-For from a reverse proxy (the audit log's client address)",
+    )
+    api.set_defaults(func=cmd_api)
+
+    tok = sub.add_parser("tokens", help="API tokens: create, list, revoke")
+    toksub = tok.add_subparsers(dest="tokens_cmd", required=True, metavar="{create,list,revoke}")
+    tc = toksub.add_parser("create", help="create a token and print its secret (once)")
+    tc.add_argument("name", help="who or what holds it, e.g. zhang.wei or grafana-bridge")
+    tc.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    tc.add_argument("--department", help="the 牵头单位 whose alerts an operator may act on")
+    tc.add_argument("--expires-days", type=int, help="expire after this many days")
+    tl = toksub.add_parser("list", help="tokens (never their secrets)")
+    tl.add_argument("--all", action="store_true", help="include revoked tokens")
+    tr = toksub.add_parser("revoke", help="revoke a token")
+    tr.add_argument("name")
+    tok.set_defaults(func=cmd_tokens)
 
     ing = sub.add_parser("ingest", help="run an ingest worker (MQTT → database)")
     ing.add_argument(

@@ -1,0 +1,112 @@
+"""A real API server for the tests: its own database holding the demo scenario (alerts raised by
+the rule engine), a token per role, and `urbanpulse api` running as a process on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import psycopg
+
+from rules.model import catalogue_files, load_rules
+from rules.runner import run_pass
+from simulators.run import Plan
+from tests.services import SERVER_URL, free_port, scratch_database
+from tests.test_rules_scenarios import load
+from urbanpulse.contract import default_registry
+from urbanpulse.db.migrate import migrate
+from urbanpulse.db.policy import load_policy
+from urbanpulse.db.tokens import Role, create_token
+
+CATALOGUE = load_rules(catalogue_files(), default_registry())
+FLOOD_DEPT = "区城市管理局"
+
+
+@dataclass
+class ApiServer:
+    url: str
+    db_url: str
+    plan: Plan
+    tokens: dict[str, str]  # viewer, operator, admin, flood_operator (acts for FLOOD_DEPT)
+    proc: subprocess.Popen[bytes]
+
+    def client(self, who: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def seed(url: str) -> Plan:
+    """The demo scenario stored and the rule catalogue run over it."""
+    migrate(url, load_policy(), timescale_mode="off")
+    scenario = load(url, "demo")
+    with psycopg.connect(url) as conn:
+        report = run_pass(
+            conn,
+            CATALOGUE,
+            default_registry(),
+            now=datetime.fromtimestamp(scenario.end, UTC),
+            lateness_s=0,
+            since=datetime.fromtimestamp(scenario.start, UTC),
+        )
+        assert not report.failed, report.failed
+    return scenario
+
+
+@contextmanager
+def start_api(
+    db_url: str, *, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "urbanpulse.cli", "api", "--port", str(port)],
+        env={**os.environ, "URBANPULSE_DATABASE_URL": db_url, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the API exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+                )
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not become ready in 30 s")
+            time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def api_server() -> Iterator[ApiServer]:
+    with scratch_database(SERVER_URL) as db_url:
+        scenario = seed(db_url)
+        tokens: dict[str, str] = {}
+        with psycopg.connect(db_url) as conn:
+            for role in Role:
+                tokens[role.value], _ = create_token(conn, f"test-{role.value}", role)
+            tokens["flood_operator"], _ = create_token(
+                conn, "test-flood-operator", Role.OPERATOR, department=FLOOD_DEPT
+            )
+        with start_api(db_url) as (url, proc):
+            yield ApiServer(url, db_url, scenario, tokens, proc)
