@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import configparser
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from rules.notify.config import load_config
 from urbanpulse.cli import build_parser
@@ -27,7 +32,8 @@ def units() -> dict[str, configparser.ConfigParser]:
 def test_every_unit_runs_a_command_the_cli_accepts() -> None:
     found = units()
     assert {"urbanpulse-migrate.service", "urbanpulse-ingest@.service",
-            "urbanpulse-rules.service", "urbanpulse-notify.service"} <= set(found)  # fmt: skip
+            "urbanpulse-rules.service", "urbanpulse-notify.service",
+            "urbanpulse-api.service"} <= set(found)  # fmt: skip
     for name, unit in found.items():
         service = unit["Service"]
         argv = shlex.split(service["ExecStart"].replace("%i", "1"))
@@ -73,7 +79,7 @@ def test_the_compose_stack_is_complete_and_its_commands_exist() -> None:
     stack = yaml.safe_load(text)
     services = stack["services"]
     assert set(services) == {
-        "timescaledb", "mosquitto", "grafana", "migrate", "ingest", "rules", "notify",
+        "timescaledb", "mosquitto", "grafana", "migrate", "ingest", "rules", "notify", "api",
     }  # fmt: skip
     for name, svc in services.items():
         assert svc.get("restart") in ("unless-stopped", "no"), name
@@ -99,3 +105,26 @@ def test_the_compose_stack_is_complete_and_its_commands_exist() -> None:
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:
                 assert (root.parent / src).exists(), src
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """`systemd-analyze verify` on the units as installed, with ExecStart pointing at this
+    checkout's urbanpulse (verify insists the program exists)."""
+    exe = Path(sys.executable).with_name("urbanpulse")
+    assert exe.exists()
+    for path in SYSTEMD.glob("*.service"):
+        text = path.read_text().replace("/opt/urbanpulse/.venv/bin/urbanpulse", str(exe))
+        (tmp_path / path.name).write_text(text)
+    names = [p.name for p in sorted(tmp_path.glob("*.service"))]
+    names.append("urbanpulse-ingest@1.service")  # an instance of the template
+    got = subprocess.run(
+        ["systemd-analyze", "verify", *names],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert got.returncode == 0, got.stderr
+    assert "urbanpulse" not in got.stderr, got.stderr  # no warning about our units either
