@@ -168,11 +168,19 @@ def _notifications(settings: Settings) -> list[str]:
     from rules.notify.config import load_config
     from rules.notify.service import Context, deliver, plan
     from urbanpulse.contract.registry import default_registry
+    from urbanpulse.links import link_key
 
     found = load_rules(catalogue_files(), default_registry())
     config = load_config(settings.notify_config).model_copy(update={"group_wait": 0.0})
+    with connect(settings.database_url) as conn:
+        key = link_key(conn, settings.link_secret)
     ctx = Context(
-        config, {r.id: r for r in found.rules}, ZoneInfo(settings.timezone), tuple(found.kpis)
+        config,
+        {r.id: r for r in found.rules},
+        ZoneInfo(settings.timezone),
+        tuple(found.kpis),
+        link_key=key,
+        link_ttl_s=settings.link_ttl_s,
     )
     now = datetime.now(UTC)
     with connect(settings.database_url) as conn:
@@ -195,14 +203,34 @@ def _notifications(settings: Settings) -> list[str]:
     return lines
 
 
+def _through_api(url: str, token: str) -> list[str]:
+    import httpx
+
+    try:
+        got = httpx.get(
+            f"{url}/api/v1/alerts",
+            params={"limit": 1000},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        got.raise_for_status()
+    except httpx.HTTPError as exc:
+        return [f"✗ the API did not answer: {exc}"]
+    items = got.json()["items"]
+    firing = sum(1 for a in items if a["status"] == "firing")
+    return [
+        f"GET {url}/api/v1/alerts → {len(items)} alert(s), {firing} firing",
+        f'curl -H "Authorization: Bearer {token}" {url}/api/v1/alerts?status=firing',
+    ]
+
+
 def demo_database(url: str) -> str:
     """The name of the demo's own database: the configured one with `_demo` appended."""
     return f"{database_name(url)}_demo"
 
 
 def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> int:
-    from simulators.command import describe
-    from simulators.run import make_plan, provision, run
+    from simulators.run import make_plan, provision
     from simulators.scenario import load_scenario
 
     sc = load_scenario(scenario)
@@ -228,6 +256,61 @@ def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> 
     fleet = plan.fleet()
     created, _ = provision(settings.database_url, fleet)
     _say(f"  provisioned {len(fleet)} simulated devices ({created} new) from simulators/city.yaml")
+
+    api_proc, api_url, api_token = _start_api(settings)
+    if api_proc is not None:
+        _say(f"  API serving at {api_url}/docs (pid {api_proc.pid}; demo admin token below)")
+    try:
+        return _run(settings, plan, api_url, api_token)
+    finally:
+        if api_proc is not None:
+            api_proc.send_signal(signal.SIGTERM)
+            try:
+                api_proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                api_proc.kill()
+
+
+def _start_api(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str, str]:
+    """`urbanpulse api` on the demo database (on the configured port, or a free one), with an
+    admin token of the demo's own."""
+    import socket
+
+    import httpx
+
+    from urbanpulse.db.tokens import Role, create_token
+
+    with connect(settings.database_url) as conn:
+        token, _ = create_token(conn, "demo-admin", Role.ADMIN)
+    port = settings.api_port
+    with socket.socket() as probe:
+        if probe.connect_ex((settings.api_host, port)) == 0:  # taken: let the OS pick
+            with socket.socket() as free:
+                free.bind((settings.api_host, 0))
+                port = free.getsockname()[1]
+    url = f"http://{settings.api_host}:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "urbanpulse.cli", "api", "--port", str(port)],
+        env={**os.environ, "URBANPULSE_DATABASE_URL": settings.database_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url, token
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    _say("  ✗ the API did not start (see `urbanpulse api`); carrying on without it")
+    return None, url, token
+
+
+def _run(settings: Settings, plan: Any, api_url: str, api_token: str) -> int:
+    from simulators.command import describe
+    from simulators.run import run
 
     proc, lines = _start_ingest(settings)
     deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_S
@@ -361,8 +444,17 @@ def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> 
         _say("Notifications to the departments (urbanpulse notify):")
         for line in _notifications(settings):
             _say(f"  {line}")
+        _say("")
+        _say("The same alerts through the HTTP API:")
+        for line in _through_api(api_url, api_token):
+            _say(f"  {line}")
     _say("")
     _say("Where to look next:")
+    _say(f"  {api_url}/docs   the API while the demo runs (token {api_token})")
+    _say(
+        f"  URBANPULSE_DATABASE_URL={settings.database_url} urbanpulse api   "
+        "serves the demo's data again afterwards"
+    )
     _say("  urbanpulse devices list              devices with their last reading")
     _say("  urbanpulse quarantine list           what was refused, by reason")
     _say("  urbanpulse rules kpi                 the plan KPI scorecard with its history")
