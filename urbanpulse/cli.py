@@ -201,6 +201,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         proxy_headers=args.proxy_headers,
+        timeout_graceful_shutdown=5,  # live streams never end by themselves
     )
     return 0
 
@@ -993,6 +994,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     try:
         code: int = args.func(args)
     except BrokenPipeError:  # output piped into `head` and the like: not an error
