@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from prometheus_client import start_http_server
@@ -35,6 +37,49 @@ def topic_filter(settings: Settings) -> str:
     return f"$share/{settings.ingest_group}/{settings.topic_prefix}/+/+"
 
 
+def gone_topic(settings: Settings, client_id: str = "+") -> str:
+    """Where a worker's will says it is gone (and its session needs draining)."""
+    return f"urbanpulse/ingest/{settings.ingest_group}/gone/{client_id}"
+
+
+ADOPT_QUIET_S = 2.0  # an adopted session is drained once nothing came for this long
+
+
+def _tend_adoptions(
+    gone: queue.SimpleQueue[str],
+    own_id: str,
+    adopted: dict[str, MqttSource],
+    sessions: dict[str, MqttSource],
+    make: Callable[..., MqttSource],
+) -> None:
+    """Take over the sessions of peers that are gone; end those drained or taken back."""
+    while True:
+        try:
+            dead = gone.get_nowait()
+        except queue.Empty:
+            break
+        if dead == own_id or dead in adopted or not dead:
+            continue
+        log.warning("ingest worker %s is gone; draining its session", dead)
+        adopted[dead] = sessions[dead] = make(dead, adopting=True)
+        adopted[dead].start()
+    for dead, src in list(adopted.items()):
+        if src.taken_over:
+            src.stop()
+        elif src.drained(ADOPT_QUIET_S):
+            log.warning(
+                "drained the session of %s (%d message(s)); ended it, its share goes to the "
+                "live workers",
+                dead,
+                src.received,
+            )
+            src.end_session()
+        else:
+            continue
+        del adopted[dead]
+        sessions.pop(dead, None)
+
+
 def run_ingest(
     settings: Settings, *, worker_index: int = 0, stop: threading.Event | None = None
 ) -> int:
@@ -44,7 +89,7 @@ def run_ingest(
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
-    source_box: list[MqttSource] = []
+    sessions: dict[str, MqttSource] = {}  # client id → the source holding it (ours, adopted)
     worker = IngestWorker(
         database_url=settings.database_url,
         registry=default_registry(),
@@ -55,21 +100,35 @@ def run_ingest(
             settings.ingest_batch_readings,
             settings.ingest_batch_delay_ms / 1000.0,
         ),
-        ack=lambda msg: source_box[0].ack(msg),  # noqa: PLW0108 - late-bound: source comes next
+        ack=lambda msg: sessions[msg.via].ack(msg) if msg.via in sessions else False,
         metrics=metrics,
         device_refresh_s=settings.ingest_device_refresh_s,
     )
     worker.connection()  # fail fast on a wrong URL or credentials, before taking messages
-    source = MqttSource(
-        parse_broker_url(settings.mqtt_url),
-        client_id=settings.ingest_client_id
-        or default_client_id(settings.ingest_group, worker_index),
-        topic_filter=topic_filter(settings),
-        sink=worker.offer,
-        session_expiry_s=settings.ingest_session_expiry_s,
-        receive_maximum=settings.ingest_max_inflight,
-    )
-    source_box.append(source)
+    broker = parse_broker_url(settings.mqtt_url)
+    own_id = settings.ingest_client_id or default_client_id(settings.ingest_group, worker_index)
+    adopt = settings.ingest_adopt_after_s > 0
+    gone: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def session(client_id: str, *, adopting: bool) -> MqttSource:
+        return MqttSource(
+            broker,
+            client_id=client_id,
+            topic_filter=topic_filter(settings),
+            sink=worker.offer,
+            session_expiry_s=settings.ingest_session_expiry_s,
+            receive_maximum=settings.ingest_max_inflight,
+            will_topic=gone_topic(settings, client_id) if adopt else None,
+            will_delay_s=settings.ingest_adopt_after_s,
+            # an adopted session holds its owner's subscription to the notices too: they are
+            # acknowledged and ignored there
+            control_filter=gone_topic(settings) if adopt else None,
+            on_control=None if adopting else gone.put,
+            adopting=adopting,
+        )
+
+    source = session(own_id, adopting=False)
+    sessions[own_id] = source
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("received %s; flushing and stopping", signal.Signals(signum).name)
@@ -99,8 +158,10 @@ def run_ingest(
         source.broker,
     )
     last_log = time.monotonic()
+    adopted: dict[str, MqttSource] = {}
     while not stop.wait(min(settings.ingest_log_interval_s, 1.0)):
         metrics.mqtt_up.set(1 if source.connected.is_set() else 0)
+        _tend_adoptions(gone, own_id, adopted, sessions, session)
         if source.fatal:
             stop.set()
             break
@@ -108,7 +169,10 @@ def run_ingest(
             last_log = time.monotonic()
             log.info("ingest: %s", metrics.log_line())
     thread.join()
-    source.stop()
+    for other in adopted.values():  # not drained yet: let a peer finish it
+        other.stop(will=True)
+    # SIGTERM: if we are not back within the will's delay, a peer drains what our session holds
+    source.stop(will=adopt)
     log.info("ingest stopped: %s", metrics.log_line())
     if source.fatal:
         log.error("%s", source.fatal)

@@ -4,12 +4,23 @@ MQTT 5 with a persistent session (clean_start=False and a session expiry), a sha
 subscription so several workers split the load, manual acknowledgement so a message is
 acknowledged only after its rows are committed, and Receive Maximum so the broker never has
 more unacknowledged messages in flight to us than we are willing to hold in memory.
+
+Mosquitto keeps handing a shared subscription's share to a member whose session persists, even
+while that member is gone, and drops the queue when the session expires. So each worker leaves a
+will (MQTT 5, sent `will_delay_s` after it vanishes, not at all if it comes back in time). Every
+peer hears it and takes the session over with the same client id in `adopting` mode; the broker
+lets one session have one connection, so the last to connect keeps it and the others stop. The
+adopter unsubscribes at once, so new messages go to the live workers, stores and acknowledges
+what was queued, then ends the session (expiry 0). If the owner returns meanwhile, it takes its
+session back and the broker redelivers what the adopter had not acknowledged (stored once, by
+the readings' key).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -48,9 +59,25 @@ class MqttSource:
         sink: Callable[[InboundMessage], None],
         session_expiry_s: int,
         receive_maximum: int,
+        will_topic: str | None = None,
+        will_delay_s: int = 10,
+        control_filter: str | None = None,
+        on_control: Callable[[str], None] | None = None,
+        adopting: bool = False,
     ) -> None:
         self.broker = broker
+        self.client_id = client_id
         self.topic_filter = topic_filter
+        self.control_filter = control_filter
+        self._control_prefix = control_filter.removesuffix("+") if control_filter else None
+        self._on_control = on_control
+        self.adopting = adopting
+        self.unsubscribed = threading.Event()
+        self.taken_over = False
+        self.received = 0
+        self.acked = 0
+        self.last_message_at = 0.0
+        self._unsubscribed_at = 0.0
         self._sink = sink
         self._session_expiry_s = session_expiry_s
         self._receive_maximum = receive_maximum
@@ -70,6 +97,12 @@ class MqttSource:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
+        if will_topic:
+            will = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+            will.WillDelayInterval = will_delay_s
+            will.MessageExpiryInterval = 60  # a stale notice must not start an adoption later
+            client.will_set(will_topic, client_id, qos=1, properties=will)
         self._client = client
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -86,9 +119,29 @@ class MqttSource:
         )
         self._client.loop_start()
 
-    def stop(self) -> None:
-        """Disconnect cleanly; the broker keeps the session and unacked messages."""
-        self._client.disconnect()
+    def stop(self, *, will: bool = False) -> None:
+        """Disconnect cleanly; the broker keeps the session and unacked messages. `will`: also
+        have the broker send our will (after its delay), so that if we do not come back a peer
+        drains what the session still holds."""
+        if will:
+            self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+        else:
+            self._client.disconnect()
+        self._client.loop_stop()
+
+    def drained(self, quiet_s: float) -> bool:
+        """Adopting: unsubscribed, nothing new for `quiet_s`, everything received acknowledged."""
+        return (
+            self.unsubscribed.is_set()
+            and time.monotonic() - max(self.last_message_at, self._unsubscribed_at) >= quiet_s
+            and self.acked >= self.received
+        )
+
+    def end_session(self) -> None:
+        """Adopting, once drained: end the session for good, so its share goes to the others."""
+        props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        self._client.disconnect(properties=props)
         self._client.loop_stop()
 
     # -- acknowledgement ------------------------------------------------------------------------
@@ -104,6 +157,8 @@ class MqttSource:
             if msg.generation != self.generation or not self.connected.is_set():
                 return False
             rc = self._client.ack(msg.mid, msg.qos)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.acked += 1
         return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # -- paho callbacks: never raise into the network loop ---------------------------------------
@@ -127,14 +182,42 @@ class MqttSource:
             return
         with self._lock:
             self.generation += 1
+            self.received = self.acked = 0  # unacked ones of before come again
         self.connected.set()
+        if self.adopting:
+            log.info(
+                "took over the session of %s (present: %s); draining it",
+                self.client_id,
+                flags.session_present,
+            )
+            self._unsubscribed_at = time.monotonic()
+            client.unsubscribe(
+                [self.topic_filter, self.control_filter]
+                if self.control_filter
+                else self.topic_filter
+            )
+            return
         log.info(
             "connected to %s (session present: %s); subscribing to %s",
             self.broker,
             flags.session_present,
             self.topic_filter,
         )
-        client.subscribe(self.topic_filter, qos=1)
+        if self.control_filter:
+            client.subscribe([(self.topic_filter, 1), (self.control_filter, 1)])
+        else:
+            client.subscribe(self.topic_filter, qos=1)
+
+    def _on_unsubscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._unsubscribed_at = time.monotonic()
+        self.unsubscribed.set()
 
     def _on_subscribe(
         self,
@@ -162,6 +245,13 @@ class MqttSource:
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
+        if self.adopting:
+            # taken over by its owner or another peer (or a network blip: then our will, sent
+            # after its delay, has another peer drain it): never come back for it
+            self.taken_over = True
+            log.info("left the session of %s (%s)", self.client_id, reason.getName())
+            client.disconnect()
+            return
         if reason.value != 0:
             log.warning("disconnected from %s: %s; reconnecting", self.broker, reason.getName())
 
@@ -170,6 +260,16 @@ class MqttSource:
             topic = message.topic
         except UnicodeDecodeError:  # a topic that is not UTF-8 still ends in quarantine
             topic = message._topic.decode("utf-8", "replace")
+        if self._control_prefix is not None and topic.startswith(self._control_prefix):
+            try:
+                if self._on_control is not None:
+                    self._on_control(bytes(message.payload).decode("utf-8", "replace"))
+            except Exception:
+                log.exception("control message on %s", topic[:200])
+            client.ack(message.mid, message.qos)
+            return
+        self.received += 1
+        self.last_message_at = time.monotonic()
         try:
             self._sink(
                 InboundMessage(
@@ -179,6 +279,7 @@ class MqttSource:
                     qos=message.qos,
                     mid=message.mid,
                     generation=self.generation,
+                    via=self.client_id,
                 )
             )
         except Exception:  # a sink bug must not kill the network thread

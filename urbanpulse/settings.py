@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     ingest_session_expiry_s: int = Field(
         3600, ge=0, description="How long the broker keeps a worker's session while it is away"
     )
+    ingest_adopt_after_s: int = Field(
+        10,
+        ge=0,
+        description="A worker gone this long (not restarted) has its session's queued messages "
+        "drained by a peer, and its share goes to the others (0: never)",
+    )
     ingest_max_inflight: int = Field(
         2000,
         ge=1,

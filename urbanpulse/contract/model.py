@@ -35,6 +35,7 @@ class InboundMessage:
     qos: int = 1
     mid: int = 0
     generation: int = 0  # connection generation it arrived on; acks only go to the current one
+    via: str = ""  # the MQTT session (client id) it arrived on; its ack goes back there
 
 
 @dataclass(frozen=True, slots=True)
