@@ -94,7 +94,9 @@ async def get_conn(state: State) -> AsyncIterator[AConn]:
         yield conn
 
 
-Conn = Annotated[AConn, Depends(get_conn)]
+# released when the route function returns, not after the response is sent: a streamed CSV
+# export takes a connection of its own for as long as it streams
+Conn = Annotated[AConn, Depends(get_conn, scope="function")]
 
 _bearer = HTTPBearer(auto_error=False, description="an API token (urbanpulse tokens create)")
 

@@ -2,9 +2,17 @@
 hands each new event to every connected stream.
 
 PostgreSQL's LISTEN/NOTIFY (a trigger on alert_feed) wakes it at once; it also polls, so a lost
-notification or a dropped listening connection delays events by at most POLL_S and never loses
-them (the feed's id orders everything). A stream whose client reads too slowly is closed rather
-than buffered without bound; its client reconnects with Last-Event-ID and misses nothing.
+notification or a dropped listening connection delays events by at most POLL_S.
+
+Feed ids are taken when a row is inserted but become visible when its transaction commits, so
+id 100 can appear after id 101 (a rules runner's batch still open while an acknowledgement
+commits). The hub hands events out strictly in id order and stops at a gap: it waits for the
+missing id (its transaction still running) up to GAP_WAIT_S, after which the id is taken to
+belong to a transaction that rolled back. `last` is therefore a position below which the feed
+is final, and a reconnecting client is replayed from the table up to it, then follows live.
+
+A stream whose client reads too slowly is closed rather than buffered without bound; its client
+reconnects with Last-Event-ID and misses nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +30,8 @@ from psycopg.rows import dict_row
 log = logging.getLogger("urbanpulse.api.hub")
 
 POLL_S = 2.0
+GAP_POLL_S = 0.2  # while waiting for a missing id
+GAP_WAIT_S = 30.0  # longer than any transaction that writes alert events
 QUEUE_MAX = 1000  # events buffered per stream before it is closed as too slow
 PAGE = 500
 CHANNEL = "urbanpulse_alert_feed"
@@ -45,6 +56,7 @@ class Hub:
         self._last = 0
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._gap_since: float | None = None
 
     @property
     def streams(self) -> int:
@@ -66,7 +78,8 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for q in list(self._queues):
-            q.put_nowait(None)
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(None)
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(
@@ -90,8 +103,9 @@ class Hub:
                     delay = 1.0
                     while True:
                         await self._drain(conn)
-                        # wake on the first notification or after POLL_S, whichever first
-                        async for _ in conn.notifies(timeout=POLL_S, stop_after=1):
+                        # wake on the first notification or after the poll, whichever first
+                        wait = POLL_S if self._gap_since is None else GAP_POLL_S
+                        async for _ in conn.notifies(timeout=wait, stop_after=1):
                             pass
             except asyncio.CancelledError:
                 raise
@@ -104,10 +118,22 @@ class Hub:
         while True:
             rows = await (await conn.execute(FEED_SQL, (self._last, PAGE))).fetchall()
             for row in rows:
+                if int(row["id"]) != self._last + 1 and not self._gap_over():
+                    return  # an earlier id is not committed yet: wait for it
+                self._gap_since = None
                 self._publish(row)
                 self._last = int(row["id"])
             if len(rows) < PAGE:
                 return
+
+    def _gap_over(self) -> bool:
+        now = time.monotonic()
+        if self._gap_since is None:
+            self._gap_since = now
+        if now - self._gap_since < GAP_WAIT_S:
+            return False
+        log.info("alert feed: ids after %d never committed; going on", self._last)
+        return True
 
     def _publish(self, event: dict[str, Any]) -> None:
         for q in list(self._queues):

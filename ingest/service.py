@@ -18,6 +18,7 @@ from ingest.metrics import IngestMetrics
 from ingest.source import MqttSource
 from ingest.worker import BatchPolicy, IngestWorker, validation_limits
 from urbanpulse.broker import parse_broker_url
+from urbanpulse.contract.model import InboundMessage
 from urbanpulse.contract.registry import default_registry
 from urbanpulse.errors import DatabaseAuthError, UrbanPulseError
 from urbanpulse.settings import Settings
@@ -43,6 +44,12 @@ def gone_topic(settings: Settings, client_id: str = "+") -> str:
 
 
 ADOPT_QUIET_S = 2.0  # an adopted session is drained once nothing came for this long
+
+
+def _ack_via(sessions: dict[str, MqttSource], msg: InboundMessage) -> bool:
+    """Acknowledge through the session the message came on (gone: the broker redelivers)."""
+    src = sessions.get(msg.via)  # one read: the main thread may end an adoption meanwhile
+    return src.ack(msg) if src is not None else False
 
 
 def _tend_adoptions(
@@ -100,7 +107,7 @@ def run_ingest(
             settings.ingest_batch_readings,
             settings.ingest_batch_delay_ms / 1000.0,
         ),
-        ack=lambda msg: sessions[msg.via].ack(msg) if msg.via in sessions else False,
+        ack=lambda msg: _ack_via(sessions, msg),
         metrics=metrics,
         device_refresh_s=settings.ingest_device_refresh_s,
     )

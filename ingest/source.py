@@ -18,6 +18,7 @@ the readings' key).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -45,6 +46,9 @@ FATAL_CONNACK = {
     0x8C: "bad authentication method",
 }
 KEEPALIVE_S = 30
+# connection generations are unique in the process: an adopter that takes the same session
+# again must not accept acknowledgements meant for its previous connection (packet ids repeat)
+_GENERATIONS = itertools.count(1)
 
 
 class MqttSource:
@@ -181,7 +185,7 @@ class MqttSource:
                 )
             return
         with self._lock:
-            self.generation += 1
+            self.generation = next(_GENERATIONS)
             self.received = self.acked = 0  # unacked ones of before come again
         self.connected.set()
         if self.adopting:
@@ -268,7 +272,8 @@ class MqttSource:
                 log.exception("control message on %s", topic[:200])
             client.ack(message.mid, message.qos)
             return
-        self.received += 1
+        if message.qos > 0:  # QoS 0 needs no acknowledgement, so drained() must not wait for it
+            self.received += 1
         self.last_message_at = time.monotonic()
         try:
             self._sink(

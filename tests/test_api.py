@@ -422,10 +422,10 @@ def test_readings_raw_bucketed_paged_and_csv_match_the_database(server: ApiServe
             params={"device_id": "aq-lc", "metric": "pm25", "bucket": "6h", "agg": "max", **window},
         ).json()["items"]
         expect = conn.execute(
-            "SELECT date_bin('6 hours', ts, %s) b, max(value), count(*) FROM readings "
-            "WHERE device_id = 'aq-lc' AND metric = 'pm25' AND ts >= %s AND ts < %s "
-            "GROUP BY 1 ORDER BY 1",
-            (start, start, end),
+            "SELECT date_bin('6 hours', ts, '2000-01-01 00:00+08') b, max(value), count(*) "
+            "FROM readings WHERE device_id = 'aq-lc' AND metric = 'pm25' AND ts >= %s "
+            "AND ts < %s GROUP BY 1 ORDER BY 1",
+            (start, end),
         ).fetchall()
         assert [(datetime.fromisoformat(r["ts"]), r["value"], r["count"]) for r in bucketed] == [
             tuple(e) for e in expect
@@ -809,3 +809,38 @@ def test_tokens_cli_creates_lists_and_revokes(
     assert main([*db, "tokens", "revoke", "li.na"]) == 1
     time.sleep(5.5)  # the API forgets a token it has seen within its 5 s cache
     assert httpx.get(server.url + "/api/v1/me", headers=_bearer(secret)).status_code == 401
+
+
+def test_the_stream_keeps_feed_order_when_transactions_commit_out_of_order(
+    server: ApiServer,
+) -> None:
+    """An event whose transaction commits after a later one's is still delivered, first."""
+    alert = pm25_alert(server, 3)
+    q: queue.Queue[Any] = queue.Queue()
+    threading.Thread(
+        target=_listen,
+        args=(f"{server.url}/api/v1/events/alerts", server.tokens["viewer"], q),
+        daemon=True,
+    ).start()
+    assert q.get(timeout=10) == ("status", 200)
+    assert q.get(timeout=10)[0] == "comment"
+    sql = (
+        "INSERT INTO alert_feed (alert_id, kind, at, actor) "
+        "VALUES (%s, 'commented', now(), %s) RETURNING id"
+    )
+    with psycopg.connect(server.db_url) as slow, psycopg.connect(server.db_url) as fast:
+        first = slow.execute(sql, (alert["id"], "slow-writer")).fetchone()  # not committed
+        second = fast.execute(sql, (alert["id"], "fast-writer")).fetchone()
+        fast.commit()
+        assert first is not None and second is not None and first[0] < second[0]
+        time.sleep(1.5)
+        early = []
+        while not q.empty():
+            kind, item = q.get()
+            if kind == "event":
+                early.append(json.loads(item["data"])["actor"])
+        assert "fast-writer" not in early  # held back behind the open transaction
+        slow.commit()
+    got = _next_event(q, lambda d: d["actor"] in ("slow-writer", "fast-writer"))
+    assert got["actor"] == "slow-writer"
+    assert _next_event(q, lambda d: d["actor"] == "fast-writer")["id"] == second[0]

@@ -55,19 +55,23 @@ async def alert_stream(
     STREAMS.inc()
     try:
         async with state.hub.subscribe() as queue:
-            last = after if after is not None else state.hub.last
-            if after is not None:  # catch up from the feed, then go live
-                sent = 0
-                while sent < REPLAY_MAX:
-                    async with state.pool.connection() as conn:
-                        rows = await (await conn.execute(FEED_SQL, (last, 500))).fetchall()
-                    for row in rows:
-                        last = int(row["id"])
-                        if wanted(row):
-                            sent += 1
-                            yield _event(row)
-                    if len(rows) < 500:
-                        break
+            horizon = state.hub.last  # below it the feed is final; above it, the queue has it
+            last = horizon if after is None else after
+            sent = 0
+            while last < horizon:  # catch up from the table, then go live
+                async with state.pool.connection() as conn:
+                    rows = await (await conn.execute(FEED_SQL, (last, 500))).fetchall()
+                rows = [r for r in rows if int(r["id"]) <= horizon]
+                if not rows:
+                    break
+                for row in rows:
+                    last = int(row["id"])
+                    if wanted(row):
+                        sent += 1
+                        yield _event(row)
+                if sent >= REPLAY_MAX:
+                    return  # the client reconnects from here and gets the rest
+            last = max(last, horizon)
             yield ServerSentEvent(comment="live", retry=3000)
             while True:
                 item: dict[str, Any] | None

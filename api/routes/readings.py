@@ -4,7 +4,7 @@ derived series the recording rules write (AQI, water balance, night flow, occupa
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -57,6 +57,7 @@ def _query(
     agg: str,
     after: list[Any] | None,
     limit: int | None,
+    origin: datetime | None = None,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     params: dict[str, Any] = {
         "devices": devices,
@@ -65,6 +66,8 @@ def _query(
         "end": end,
         "step": step,
         "limit": limit,
+        # buckets start on the hour and at (local) midnight, whatever the range's start
+        "origin": origin or datetime(2000, 1, 1, tzinfo=UTC),
     }
     keyset = sql.SQL("")
     if after:
@@ -85,7 +88,7 @@ def _query(
         value = sql.SQL("count(*)::float8") if agg == "count" else sql.SQL("{}(value)").format(fn)
         q = sql.SQL(
             "SELECT * FROM (SELECT device_id, metric, "
-            "date_bin(%(step)s, ts, %(start)s) AS ts, {value} AS value, count(*) AS count "
+            "date_bin(%(step)s, ts, %(origin)s) AS ts, {value} AS value, count(*) AS count "
             "FROM readings WHERE {where} GROUP BY 1, 2, 3) b WHERE true {keyset} "
             "ORDER BY device_id, metric, ts {tail}"
         ).format(value=value, where=where, keyset=keyset, tail=tail)
@@ -130,10 +133,11 @@ async def readings(
     step = _bucket(bucket, lo, hi) if bucket else None
     if step is None and hi - lo > MAX_RAW_SPAN:
         raise bad_request("start: raw readings span at most 31 days; add a bucket")
+    origin = datetime(2000, 1, 1, tzinfo=state.tz)
     devices = list(dict.fromkeys(device_id))
     metrics = list(dict.fromkeys(metric)) if metric else None
     if format == "csv":
-        q, params = _query(devices, metrics, lo, hi, step, agg, None, None)
+        q, params = _query(devices, metrics, lo, hi, step, agg, None, None, origin)
         pool = state.pool
 
         async def rows() -> AsyncIterator[tuple[Any, ...]]:
@@ -143,15 +147,18 @@ async def readings(
                     yield (r["device_id"], r["metric"], r["ts"], r["value"], r["count"])
 
         return csv_response(("device_id", "metric", "ts", "value", "count"), rows(), "readings.csv")
-    after = decode_cursor(cursor, [str, str, datetime]) if cursor else None
-    q, params = _query(devices, metrics, lo, hi, step, agg, after, limit + 1)
+    after = None
+    if cursor:  # the window of the first page, whatever `end` defaults to now
+        *key, lo, hi = decode_cursor(cursor, [str, str, datetime, datetime, datetime])
+        after = key
+    q, params = _query(devices, metrics, lo, hi, step, agg, after, limit + 1, origin)
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(rendered(q), params)
         found = await cur.fetchall()
     nxt = None
     if len(found) > limit:
         _, dev, met, ts = found[limit - 1]
-        nxt = encode_cursor(dev, met, ts)
+        nxt = encode_cursor(dev, met, ts, lo, hi)
     return json_page([r[0] for r in found], limit, nxt)
 
 

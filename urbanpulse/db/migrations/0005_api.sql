@@ -51,22 +51,14 @@ CREATE FUNCTION alert_feed_from_event() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     -- actor: whoever the writing transaction says it acts for (the API, resolving by hand)
     INSERT INTO alert_feed (alert_id, kind, at, actor, detail)
-    VALUES (NEW.alert_id, NEW.to_status, NEW.at,
+    VALUES (NEW.alert_id,
+            CASE NEW.to_status WHEN 'inactive' THEN 'cancelled' ELSE NEW.to_status END, NEW.at,
             nullif(current_setting('urbanpulse.actor', true), ''),
             jsonb_build_object('from', NEW.from_status, 'value', NEW.value, 'note', NEW.note));
     RETURN NULL;
 END $$;
 CREATE TRIGGER alert_events_feed AFTER INSERT ON alert_events
     FOR EACH ROW EXECUTE FUNCTION alert_feed_from_event();
-
--- Wake the API's event streams; the payload is only a hint, they read the feed by id.
-CREATE FUNCTION alert_feed_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('urbanpulse_alert_feed', NEW.id::text);
-    RETURN NULL;
-END $$;
-CREATE TRIGGER alert_feed_wake AFTER INSERT ON alert_feed
-    FOR EACH ROW EXECUTE FUNCTION alert_feed_notify();
 
 -- Secrets the services share without configuration (e.g. the key signing acknowledgement
 -- links), created once by whichever service needs one first.
@@ -78,6 +70,15 @@ CREATE TABLE app_secrets (
 
 -- Alerts recorded before this migration keep their history in the feed.
 INSERT INTO alert_feed (alert_id, kind, at, detail, created_at)
-SELECT alert_id, to_status, at,
+SELECT alert_id, CASE to_status WHEN 'inactive' THEN 'cancelled' ELSE to_status END, at,
        jsonb_build_object('from', from_status, 'value', value, 'note', note), recorded_at
   FROM alert_events ORDER BY id;
+
+-- Wake the API's event streams; the payload is only a hint, they read the feed by id.
+CREATE FUNCTION alert_feed_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('urbanpulse_alert_feed', NEW.id::text);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER alert_feed_wake AFTER INSERT ON alert_feed
+    FOR EACH ROW EXECUTE FUNCTION alert_feed_notify();
