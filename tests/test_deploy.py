@@ -4,6 +4,7 @@ example environment file sets only settings that exist."""
 from __future__ import annotations
 
 import configparser
+import os
 import shlex
 import shutil
 import subprocess
@@ -128,3 +129,53 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     assert got.returncode == 0, got.stderr
     assert "urbanpulse" not in got.stderr, got.stderr  # no warning about our units either
+
+
+def _compose_client() -> list[str] | None:
+    if shutil.which("docker"):
+        got = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+        if got.returncode == 0:
+            return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+@pytest.mark.skipif(_compose_client() is None, reason="no compose client here")
+def test_compose_config_validates_and_refuses_a_missing_secret(tmp_path: Path) -> None:
+    """`compose config` on the stack, with the files an operator provides. Debian's
+    docker-compose (1.29) predates the top-level `name`, so it checks a copy without it."""
+    client = _compose_client()
+    assert client is not None
+    deploy = tmp_path / "deploy"
+    shutil.copytree(SYSTEMD.parent, deploy)
+    shutil.copy(SYSTEMD.parent.parent / "Dockerfile", tmp_path / "Dockerfile")
+    compose = deploy / "compose.yaml"
+    if client == ["docker-compose"]:
+        compose.write_text(
+            "".join(
+                line
+                for line in compose.read_text().splitlines(keepends=True)
+                if not line.startswith("name:")
+            )
+        )
+    for name in ("mosquitto/passwd", "mosquitto/acl", "notify.yaml"):
+        (deploy / name).touch()
+    env = (deploy / "compose.env.example").read_text().replace("CHANGE_ME", "s3cret")
+    (deploy / ".env").write_text(env)
+
+    def config(env_text: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "test.env").write_text(env_text)
+        return subprocess.run(
+            [*client, "-f", str(compose), "--env-file", str(tmp_path / "test.env"), "config"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={"PATH": os.environ.get("PATH", "")},
+        )
+
+    ok = config(env)
+    assert ok.returncode == 0, ok.stderr
+    assert "urbanpulse" in ok.stdout and "api" in ok.stdout
+    missing = config(env.replace("URBANPULSE_DB_PASSWORD=s3cret\n", ""))
+    assert missing.returncode != 0
+    assert "URBANPULSE_DB_PASSWORD" in missing.stderr
