@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import AConn, ApiState, rule_meta
+from api.deps import AConn, ApiState, rule_texts
 from api.hub import Hub
 from api.metrics import LATENCY, REQUESTS
 from api.routes import (
@@ -112,7 +112,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         link_key=key,
         hub=hub,
         rules={r.id: r for r in found.rules},
-        rule_meta=rule_meta({r.id: r for r in found.rules}),
+        rule_text=rule_texts({r.id: r for r in found.rules}),
     )
     # what start-up built lives as long as the process: keep it out of the collector's full
     # passes, which otherwise walk it all and stall requests (a p99 in tens of ms)

@@ -39,8 +39,9 @@ from urllib.parse import urlencode
 
 import httpx
 import psycopg
+from psycopg.types.json import Jsonb
 
-from api.deps import rule_meta
+from api.deps import rule_texts
 from api.routes import alerts as alerts_route
 from api.routes import devices as devices_route
 from api.routes import readings as readings_route
@@ -62,7 +63,6 @@ METRIC = {
     "aq_station": list(POLLUTANTS),
 }
 END = datetime(2026, 11, 1, tzinfo=UTC)  # fixed: the same data in every run
-META = rule_meta({r.id: r for r in load_rules(catalogue_files(), default_registry()).rules})
 
 
 def _say(text: str) -> None:
@@ -154,7 +154,7 @@ def _day(rng: random.Random, days: int) -> tuple[datetime, datetime]:
 
 
 def workloads(
-    devices: list[str], owners: list[str], days: int
+    devices: list[str], owners: list[str], days: int, meta: Jsonb
 ) -> dict[str, tuple[Callable[[random.Random], tuple[str, dict[str, Any]]], Callable[..., Any]]]:
     """name → (request maker, SQL runner) with the same random choice for both."""
 
@@ -177,11 +177,11 @@ def workloads(
         }
 
     def alerts_sql(conn: psycopg.Connection[Any], _rng: random.Random) -> None:
-        params = _alert_params(status=["firing"], limit=101)
+        params = _alert_params(meta, status=["firing"], limit=101)
         conn.execute(alerts_route.listing_json(params), params).fetchall()
 
     def dept_sql(conn: psycopg.Connection[Any], rng: random.Random) -> None:
-        params = _alert_params(owner=rng.choice(owners), limit=51)
+        params = _alert_params(meta, owner=rng.choice(owners), limit=51)
         conn.execute(alerts_route.listing_json(params), params).fetchall()
 
     def latest_sql(conn: psycopg.Connection[Any], rng: random.Random) -> None:
@@ -204,11 +204,11 @@ def workloads(
     }
 
 
-def _alert_params(**given: Any) -> dict[str, Any]:
+def _alert_params(meta: Jsonb, **given: Any) -> dict[str, Any]:
     base: dict[str, Any] = dict.fromkeys(
         ("status", "rule", "owner", "severity", "entity", "zone", "since", "until", "acked")
     )
-    return {**base, "before": None, "meta": META, **given}
+    return {**base, "before": None, "meta": meta, **given}
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -391,7 +391,8 @@ def main() -> None:
         conn.commit()
         token, _ = create_token(conn, "bench", Role.VIEWER)
     _say(f"data: {sizes}")
-    work = workloads(devices, owners, args.days)
+    rules = {r.id: r for r in load_rules(catalogue_files(), default_registry()).rules}
+    work = workloads(devices, owners, args.days, Jsonb(rule_texts(rules)))
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} cores",

@@ -7,7 +7,6 @@ import hmac
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -20,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from api.hub import Hub
 from rules.model import Rule, RuleSet
+from rules.notify.core import clause_text, condition_text
 from urbanpulse.db.tokens import Role, digest
 from urbanpulse.settings import Settings
 
@@ -61,24 +61,28 @@ class ApiState:
     link_key: bytes
     hub: Hub
     rules: dict[str, Rule] = field(default_factory=dict)
-    rule_meta: Jsonb = field(default_factory=lambda: Jsonb({}))  # see rule_meta()
+    rule_text: dict[str, dict[str, str]] = field(default_factory=dict)  # see rule_texts()
+
+    @property
+    def rule_meta(self) -> Jsonb:
+        """`rule_text` as the parameter the SQL-rendered listings read it from."""
+        return Jsonb(self.rule_text)
+
     tokens: dict[bytes, _Cached] = field(default_factory=dict)
 
 
-def rule_meta(rules: dict[str, Rule]) -> Jsonb:
-    """Each rule's titles, threshold and clause, for the queries that render alerts in SQL."""
-    from rules.notify.core import condition_text
-
-    out: dict[str, dict[str, str]] = {}
-    for rule in rules.values():
-        std = rule.implements.standard
-        out[rule.id] = {
+def rule_texts(rules: dict[str, Rule]) -> dict[str, dict[str, str]]:
+    """Each rule's titles, threshold and clause as an alert shows them (in Python for one
+    alert, in SQL through `rule_meta` for the listings)."""
+    return {
+        rule.id: {
             "title_zh": rule.title.zh,
             "title_en": rule.title.en,
             "threshold": condition_text(rule),
-            "clause": f"{rule.implements.clause}{f'；{std}' if std else ''}",
+            "clause": clause_text(rule),
         }
-    return Jsonb(out)
+        for rule in rules.values()
+    }
 
 
 async def get_state(request: Request) -> ApiState:
@@ -205,7 +209,3 @@ def conflict(why: str) -> HTTPException:
 
 def bad_request(why: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=why)
-
-
-def as_utc_text(t: datetime | None) -> str | None:
-    return t.isoformat() if t else None

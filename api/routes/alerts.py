@@ -116,17 +116,14 @@ def listing_json(params: dict[str, Any]) -> str:
 
 
 def public(state: ApiState, row: dict[str, Any]) -> dict[str, Any]:
-    rule = state.rules.get(row["rule_id"])
-    clause = ""
-    if rule is not None:
-        std = rule.implements.standard
-        clause = f"{rule.implements.clause}{f'；{std}' if std else ''}"
+    """An alert row with its rule's texts (the same as the SQL-rendered listings give)."""
+    text = state.rule_text.get(row["rule_id"])
     return {
         **row,
-        "title_zh": rule.title.zh if rule else row["rule_id"],
-        "title_en": rule.title.en if rule else row["rule_id"],
-        "threshold": condition_text(rule),
-        "clause": clause,
+        "title_zh": text["title_zh"] if text else row["rule_id"],
+        "title_en": text["title_en"] if text else row["rule_id"],
+        "threshold": text["threshold"] if text else condition_text(None),
+        "clause": text["clause"] if text else "",
         "acknowledged": (
             {"acked_by": row["acked_by"], "acked_at": row["acked_at"], "note": row["ack_note"]}
             if row["acked_by"] is not None

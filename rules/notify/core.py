@@ -200,6 +200,14 @@ def render(
     return Message(title, "\n".join([*zh, "", *en]), [a.id for a in alerts])
 
 
+def clause_text(rule: Any) -> str:
+    """The plan clause a rule implements, with its national standard, e.g. '一、(三)；CJJ 92'."""
+    if rule is None:
+        return ""
+    std = rule.implements.standard
+    return f"{rule.implements.clause}{f'；{std}' if std else ''}"
+
+
 def condition_text(rule: Any) -> str:
     """A rule's threshold as people read it, e.g. '> 10 (clears at 8)'."""
     cond = getattr(rule, "condition", None)

@@ -42,6 +42,7 @@ from rules.notify.core import (
     Message,
     Silence,
     backoff,
+    clause_text,
     condition_text,
     dept_tag,
     group_key,
@@ -93,10 +94,6 @@ def load_alerts(conn: Conn, ctx: Context, ids: list[int]) -> dict[int, AlertInfo
     out: dict[int, AlertInfo] = {}
     for r in rows:
         rule = ctx.rules.get(str(r[1]))
-        clause = ""
-        if rule is not None:
-            std = rule.implements.standard
-            clause = f"{rule.implements.clause}{f'；{std}' if std else ''}"
         out[int(r[0])] = AlertInfo(
             id=int(r[0]),
             rule_id=str(r[1]),
@@ -110,7 +107,7 @@ def load_alerts(conn: Conn, ctx: Context, ids: list[int]) -> dict[int, AlertInfo
             ended_at=r[9],
             title_zh=rule.title.zh if rule else str(r[1]),
             title_en=rule.title.en if rule else str(r[1]),
-            clause=clause,
+            clause=clause_text(rule),
             condition=condition_text(rule),
             place=str(r[10]) if r[10] else "",
             zone=str(r[11]) if r[11] else None,
