@@ -451,27 +451,9 @@ def cmd_rules_kpi(args: argparse.Namespace) -> int:
 
 
 def _notify_context(settings: Settings, files: list[str]) -> Any:
-    from zoneinfo import ZoneInfo
+    from rules.notify.service import load_context
 
-    from rules.model import load_rules
-    from rules.notify.config import load_config
-    from rules.notify.service import Context
-    from urbanpulse.contract.registry import default_registry
-    from urbanpulse.db.connect import connect
-    from urbanpulse.links import link_key
-
-    config = load_config(settings.notify_config)
-    found = load_rules(_rule_files(files), default_registry())
-    with connect(settings.database_url) as conn:
-        key = link_key(conn, settings.link_secret)
-    return Context(
-        config,
-        {r.id: r for r in found.rules},
-        ZoneInfo(settings.timezone),
-        tuple(found.kpis),
-        link_key=key,
-        link_ttl_s=settings.link_ttl_s,
-    )
+    return load_context(settings, _rule_files(files))
 
 
 def cmd_notify(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -34,9 +35,9 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from rules.kpi import Kpi
-from rules.model import Rule
+from rules.model import Rule, catalogue_files, load_rules
 from rules.notify.channels import DeliveryError, redact, send
-from rules.notify.config import NotifyConfig
+from rules.notify.config import NotifyConfig, load_config
 from rules.notify.core import (
     AlertInfo,
     Message,
@@ -52,6 +53,9 @@ from rules.notify.core import (
 )
 from rules.notify.digest import build, digest_key
 from urbanpulse import links
+from urbanpulse.contract.registry import default_registry
+from urbanpulse.db.connect import connect
+from urbanpulse.settings import Settings
 
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]
@@ -75,6 +79,22 @@ class Context:
     kpis: tuple[Kpi, ...] = ()
     link_key: bytes | None = None  # signs acknowledgement links (urbanpulse.links)
     link_ttl_s: int = 7 * 86400
+
+
+def load_context(settings: Settings, rule_files: list[Path] | None = None) -> Context:
+    """The notifier's context from the settings: the notify file, the rules and KPIs of
+    `rule_files` (default: the packaged catalogue) and the key signing acknowledgement links."""
+    found = load_rules(rule_files or catalogue_files(), default_registry())
+    with connect(settings.database_url) as conn:
+        key = links.link_key(conn, settings.link_secret)
+    return Context(
+        load_config(settings.notify_config),
+        {r.id: r for r in found.rules},
+        ZoneInfo(settings.timezone),
+        tuple(found.kpis),
+        link_key=key,
+        link_ttl_s=settings.link_ttl_s,
+    )
 
 
 def load_alerts(conn: Conn, ctx: Context, ids: list[int]) -> dict[int, AlertInfo]:
