@@ -28,8 +28,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +35,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -53,6 +50,7 @@ from urbanpulse.db.devices import upsert_devices
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
 from urbanpulse.db.tokens import Role, create_token
+from urbanpulse.serve import start_api, stop_api
 
 POLLUTANTS = ("pm25", "pm10", "so2", "no2", "o3", "co")
 METRIC = {
@@ -322,35 +320,6 @@ async def load(  # noqa: PLR0917 - one caller, arguments in reading order
     }
 
 
-def serve(url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = 18000 + os.getpid() % 1000
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "urbanpulse.cli",
-            "api",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
-        env={**os.environ, "URBANPULSE_DATABASE_URL": url, "URBANPULSE_API_POOL_SIZE": "10"},
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("the API did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=10_000)
@@ -406,7 +375,13 @@ def main() -> None:
     }
     for name, (_, sql) in work.items():
         results["endpoints"][name] = {"sql": time_sql(url, sql, args.sql_runs)}
-    proc, base = serve(url, args.workers)
+    proc, base = start_api(
+        url,
+        18000 + os.getpid() % 1000,
+        workers=args.workers,
+        env={"URBANPULSE_API_POOL_SIZE": "10"},
+        timeout=60,
+    )
     try:
         for name, (req, _) in work.items():
             _say(f"  {name}: {args.rate:.0f} req/s over {args.connections} connections …")
@@ -421,8 +396,7 @@ def main() -> None:
             load(base, token, lambda _r: ("/healthz", {}), args.clients, args.seconds / 3)
         )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        stop_api(proc)
     report(results, args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:  # noqa: PTH123

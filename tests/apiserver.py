@@ -3,24 +3,21 @@ the rule engine), a token per role, and `urbanpulse api` running as a process on
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import psycopg
 
 from rules.model import catalogue_files, load_rules
-from rules.runner import run_pass
 from simulators.run import Plan
 from tests.services import SERVER_URL, free_port, scratch_database
-from tests.test_rules_scenarios import load
+from tests.test_rules_scenarios import evaluate_all, load
+from urbanpulse import serve
 from urbanpulse.contract import default_registry
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
@@ -47,16 +44,7 @@ def seed(url: str) -> Plan:
     """The demo scenario stored and the rule catalogue run over it."""
     migrate(url, load_policy(), timescale_mode="off")
     scenario = load(url, "demo")
-    with psycopg.connect(url) as conn:
-        report = run_pass(
-            conn,
-            CATALOGUE,
-            default_registry(),
-            now=datetime.fromtimestamp(scenario.end, UTC),
-            lateness_s=0,
-            since=datetime.fromtimestamp(scenario.start, UTC),
-        )
-        assert not report.failed, report.failed
+    evaluate_all(url, scenario)
     return scenario
 
 
@@ -64,37 +52,12 @@ def seed(url: str) -> Plan:
 def start_api(
     db_url: str, *, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "urbanpulse.cli", "api", "--port", str(port)],
-        env={**os.environ, "URBANPULSE_DATABASE_URL": db_url, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"the API exited: {proc.stderr.read().decode() if proc.stderr else ''}"
-                )
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API did not become ready in 30 s")
-            time.sleep(0.2)
-        yield url, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    with tempfile.NamedTemporaryFile(suffix=".log") as log:
+        proc, url = serve.start_api(db_url, free_port(), env=env, log=Path(log.name))
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield url, proc
+        finally:
+            serve.stop_api(proc)
 
 
 @contextmanager

@@ -18,10 +18,9 @@ from rules.grafana import DATASOURCE, boards, dashboard_json, dashboards_folder,
 from rules.model import RuleSet, catalogue_files, load_rules
 from rules.notify.config import load_config
 from rules.notify.service import Context, plan
-from rules.runner import run_pass
 from simulators.run import Plan
 from tests.services import SERVER_URL, scratch_database
-from tests.test_rules_scenarios import load
+from tests.test_rules_scenarios import evaluate_all, load
 from urbanpulse.contract import default_registry
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy, refresh_rollups
@@ -36,15 +35,8 @@ def seeded() -> Iterator[tuple[str, Plan]]:
     with scratch_database(SERVER_URL) as url:
         migrate(url, load_policy(), timescale_mode="off")
         scenario = load(url, "demo")
+        evaluate_all(url, scenario)
         with psycopg.connect(url) as conn:
-            run_pass(
-                conn,
-                CATALOGUE,
-                default_registry(),
-                now=datetime.fromtimestamp(scenario.end, UTC),
-                lateness_s=0,
-                since=datetime.fromtimestamp(scenario.start, UTC),
-            )
             config = load_config().model_copy(update={"group_wait": 0.0})
             ctx = Context(config, {r.id: r for r in CATALOGUE.rules}, ZoneInfo("Asia/Shanghai"))
             plan(conn, ctx, datetime.now(UTC))

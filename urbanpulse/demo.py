@@ -22,6 +22,7 @@ from urbanpulse.db.connect import (
 )
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
+from urbanpulse.serve import stop_api
 from urbanpulse.settings import Settings
 
 DOMAINS = ("water", "flood", "air", "parking")
@@ -163,25 +164,13 @@ def _notifications(settings: Settings) -> list[str]:
     """One notifier pass over the alerts just raised (no group wait): what each department
     would be sent, and which channels are off until their URL variable is set."""
     from collections import Counter
+    from dataclasses import replace
 
-    from rules.model import catalogue_files, load_rules
-    from rules.notify.config import load_config
-    from rules.notify.service import Context, deliver, plan
-    from urbanpulse.contract.registry import default_registry
-    from urbanpulse.links import link_key
+    from rules.notify.service import deliver, load_context, plan
 
-    found = load_rules(catalogue_files(), default_registry())
-    config = load_config(settings.notify_config).model_copy(update={"group_wait": 0.0})
-    with connect(settings.database_url) as conn:
-        key = link_key(conn, settings.link_secret)
-    ctx = Context(
-        config,
-        {r.id: r for r in found.rules},
-        ZoneInfo(settings.timezone),
-        tuple(found.kpis),
-        link_key=key,
-        link_ttl_s=settings.link_ttl_s,
-    )
+    ctx = load_context(settings)
+    config = ctx.config.model_copy(update={"group_wait": 0.0})
+    ctx = replace(ctx, config=config)
     now = datetime.now(UTC)
     with connect(settings.database_url) as conn:
         planned = plan(conn, ctx, now)
@@ -264,11 +253,7 @@ def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> 
         return _run(settings, plan, api_url, api_token)
     finally:
         if api_proc is not None:
-            api_proc.send_signal(signal.SIGTERM)
-            try:
-                api_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                api_proc.kill()
+            stop_api(api_proc)
 
 
 def _start_api(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str, str]:
@@ -276,9 +261,9 @@ def _start_api(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str,
     admin token of the demo's own."""
     import socket
 
-    import httpx
-
     from urbanpulse.db.tokens import Role, create_token
+    from urbanpulse.errors import UrbanPulseError
+    from urbanpulse.serve import start_api
 
     with connect(settings.database_url) as conn:
         token, _ = create_token(conn, "demo-admin", Role.ADMIN)
@@ -288,24 +273,12 @@ def _start_api(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str,
             with socket.socket() as free:
                 free.bind((settings.api_host, 0))
                 port = free.getsockname()[1]
-    url = f"http://{settings.api_host}:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "urbanpulse.cli", "api", "--port", str(port)],
-        env={**os.environ, "URBANPULSE_DATABASE_URL": settings.database_url},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url, token
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    _say("  ✗ the API did not start (see `urbanpulse api`); carrying on without it")
-    return None, url, token
+    try:
+        proc, url = start_api(settings.database_url, port, host=settings.api_host)
+    except UrbanPulseError:
+        _say("  ✗ the API did not start (see `urbanpulse api`); carrying on without it")
+        return None, f"http://{settings.api_host}:{port}", token
+    return proc, url, token
 
 
 def _run(settings: Settings, plan: Any, api_url: str, api_token: str) -> int:
