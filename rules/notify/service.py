@@ -157,17 +157,21 @@ def _insert(
     channel: str,
     kind: str,
     msg: Message,
+    due: datetime,
     attachment: tuple[str, bytes] | None = None,
 ) -> int:
-    """Plan one message to one channel (once per key). A channel whose URL variable is not
-    set gets its message recorded as dead, with the variable to set, rather than retried."""
+    """Plan one message to one channel (once per key), due at `due` (the caller's clock, not
+    the database's: the two may differ, and planning and delivery must agree on which is
+    meant). A channel whose URL variable is not set gets its message recorded as dead, with
+    the variable to set, rather than retried."""
     cfg = ctx.config.channels[channel]
     off = None if cfg.resolved_url() else f"channel not configured: set {cfg.url_env}"
     cur = conn.execute(
         """
         INSERT INTO notifications (idempotency_key, department, level, channel, kind, alert_ids,
-                                   title, body, state, last_error, attachment_name, attachment)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                   title, body, state, last_error, attachment_name, attachment,
+                                   next_attempt_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (idempotency_key) DO NOTHING
         """,
         (
@@ -183,6 +187,7 @@ def _insert(
             off,
             attachment[0] if attachment else None,
             attachment[1] if attachment else None,
+            due,
         ),
     )
     return max(cur.rowcount, 0)
@@ -209,6 +214,7 @@ def _to_level(
     kind: str,
     msg: Message,
     key: Callable[[str], str],
+    due: datetime,
     attachment: tuple[str, bytes] | None = None,
 ) -> int:
     """Plan `msg` to every channel of a department's on-call level, `key(channel)` being each
@@ -223,6 +229,7 @@ def _to_level(
             channel=channel,
             kind=kind,
             msg=msg,
+            due=due,
             attachment=attachment,
         )
         for channel in ctx.config.departments[dept].levels[level]
@@ -269,6 +276,7 @@ def plan(conn: Conn, ctx: Context, now: datetime) -> int:
                 kind=kind,
                 msg=_render(ctx, kind, dept, 0, [i for _, i in items]),
                 key=partial(group_key, kind, dept, outbox_ids=ids),
+                due=now,
             )
         conn.execute(
             "UPDATE notify_outbox SET processed_at = now() WHERE id = ANY(%s)",
@@ -404,6 +412,7 @@ def unsilence(conn: Conn, ctx: Context, now: datetime) -> int:
                     kind="firing",
                     msg=_render(ctx, "firing", dept, 0, [info]),
                     key=(tag + ":{}").format,
+                    due=now,
                 )
     return created
 
@@ -461,6 +470,7 @@ def escalate(conn: Conn, ctx: Context, now: datetime) -> int:
                 kind="escalation",
                 msg=_render(ctx, "escalation", dept, nxt, [info]),
                 key=(tag + ":{}").format,
+                due=now,
             )
     return created
 
@@ -624,10 +634,10 @@ def backlog(conn: Conn) -> int:
     return int(row[0]) if row else 0
 
 
-def plan_digests(conn: Conn, ctx: Context, day: date) -> int:
+def plan_digests(conn: Conn, ctx: Context, day: date, now: datetime) -> int:
     """Each department's digest of the local `day` to the channels of its first level, once
-    per day, department and channel; returns the notifications created. A department hears
-    of the alerts routed to it, as it did when they fired."""
+    per day, department and channel, due at `now`; returns the notifications created. A
+    department hears of the alerts routed to it, as it did when they fired."""
     keys = {
         (dept, ch): digest_key(ch, dept, day)
         for dept, spec in ctx.config.departments.items()
@@ -674,6 +684,7 @@ def plan_digests(conn: Conn, ctx: Context, day: date) -> int:
                 kind="digest",
                 msg=msg,
                 key=partial(digest_key, department=dept, day=day),
+                due=now,
                 attachment=chart,
             )
     return created
@@ -711,7 +722,7 @@ def run_once(conn: Conn, ctx: Context, now: datetime) -> dict[str, int]:
     announced = unsilence(conn, ctx, now)
     escalated = escalate(conn, ctx, now)
     day = _digest_day(ctx, now)
-    digests = plan_digests(conn, ctx, day) if day is not None else 0
+    digests = plan_digests(conn, ctx, day, now) if day is not None else 0
     sent, failed = deliver(conn, ctx, now)
     if not _last_cleanup or now - _last_cleanup[0] >= timedelta(hours=1):
         cleanup(conn, ctx, now)
