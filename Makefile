@@ -6,13 +6,14 @@ DURATION ?= 60
 SCENARIO ?= demo
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test check fmt demo clean help
+.PHONY: install test check fmt demo screenshots clean help
 
 help:
 	@echo "make install   create $(VENV) and install UrbanPulse with its dev tools"
 	@echo "make demo      run the live demo for DURATION seconds (default $(DURATION)), SCENARIO=$(SCENARIO)"
 	@echo "make test      the whole test suite against real PostgreSQL and Mosquitto"
 	@echo "make check     ruff (lint + format check) and mypy --strict"
+	@echo "make screenshots  refresh docs/console/*.png from the console's browser tests"
 
 install: $(STAMP)
 
@@ -36,6 +37,9 @@ fmt: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/urbanpulse demo --duration $(DURATION) --scenario $(SCENARIO)
+
+screenshots: $(STAMP)
+	URBANPULSE_SCREENSHOTS=docs/console $(BIN)/python -m pytest tests/test_console.py -q
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

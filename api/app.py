@@ -25,6 +25,7 @@ from api.metrics import LATENCY, REQUESTS
 from api.routes import (
     ack,
     alerts,
+    console,
     devices,
     events,
     kpis,
@@ -215,4 +216,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.root)
     app.include_router(ack.router)
+    app.include_router(console.router)
     return app

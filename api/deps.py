@@ -111,7 +111,9 @@ def _unauthorized(why: str) -> HTTPException:
     )
 
 
-async def _lookup(state: ApiState, secret: str) -> Principal | None:
+async def lookup(state: ApiState, secret: str) -> Principal | None:
+    """The holder of a token, or None when it is unknown, expired or revoked (cached for
+    `TOKEN_CACHE_S`)."""
     key = digest(secret)
     now = time.monotonic()
     hit = state.tokens.get(key)
@@ -155,10 +157,16 @@ async def get_principal(
     secret = credentials.credentials
     if not secret or len(secret) > 200:
         raise _unauthorized("invalid, expired or revoked token")
-    principal = await _lookup(state, secret)
+    principal = await lookup(state, secret)
     if principal is None:
         raise _unauthorized("invalid, expired or revoked token")
     return principal
+
+
+def bearer_secret(request: Request) -> str:
+    """The token a request carries (the route's dependencies have checked it already)."""
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
 
 
 def require(role: Role) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:

@@ -219,6 +219,42 @@ class ResolveCreate(_In):
     )
 
 
+class SeriesValue(_Out):
+    ts: datetime = Field(description="the bucket's start")
+    value: float = Field(description="the mean of the bucket")
+
+
+class AqiBand(_Out):
+    """An HJ 633-2012 AQI level (Table 2) with the colour of the standard's appendix."""
+
+    aqi: int = Field(examples=[168])
+    level: str = Field(examples=["四级"])
+    category: str = Field(examples=["中度污染"])
+    en: str = Field(examples=["Moderately polluted"])
+    colour: str = Field(examples=["#FF0000"])
+
+
+class AlertSeries(_Out):
+    """What the rule read around the breach, bucketed for a small chart."""
+
+    alert_id: int
+    kind: Literal["metric", "recorded", "none"] = Field(
+        description="a device metric's readings, a recorded series, or nothing to draw"
+    )
+    name: str | None = Field(examples=["pm25"])
+    unit: str = Field(examples=["µg/m³"], description="of the series drawn")
+    value_unit: str = Field(
+        examples=["µg/m³"], description="of the alert's value (a rate rule's is per hour)"
+    )
+    start: datetime
+    end: datetime
+    step_s: int = Field(description="bucket width in seconds")
+    threshold: float | None = Field(None, description="a threshold rule's limit (else absent)")
+    clear: float | None = Field(None, description="where the alert clears (hysteresis)")
+    aqi: AqiBand | None = Field(None, description="air alerts: the AQI level of the value")
+    points: list[SeriesValue]
+
+
 class StreamEvent(AlertEvent):
     """One event of the live stream: what happened, and the alert as it now stands."""
 

@@ -3,17 +3,23 @@ the rule engine), a token per role, and `urbanpulse api` running as a process on
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
 
 from rules.model import catalogue_files, load_rules
+from rules.notify.config import load_config
+from rules.notify.service import Context, plan
 from simulators.run import Plan
 from tests.services import SERVER_URL, free_port, scratch_database
 from tests.test_rules_scenarios import evaluate_all, load
@@ -22,6 +28,7 @@ from urbanpulse.contract import default_registry
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
 from urbanpulse.db.tokens import Role, create_token
+from urbanpulse.links import link_key, verify
 
 CATALOGUE = load_rules(catalogue_files(), default_registry())
 FLOOD_DEPT = "区城市管理局"
@@ -73,3 +80,36 @@ def api_server() -> Iterator[ApiServer]:
             )
         with start_api(db_url) as (url, proc):
             yield ApiServer(url, db_url, scenario, tokens, proc)
+
+
+def notification_link(server: ApiServer, alert_id: int) -> str:
+    """The acknowledgement link of the alert's department, taken from the message the notifier
+    plans for it (the address points at `server`)."""
+    with psycopg.connect(server.db_url) as conn:
+        key = link_key(conn)
+        config = load_config().model_copy(
+            update={"group_wait": 0.0, "ack_url": server.url + "/ack/{token}"}
+        )
+        ctx = Context(
+            config,
+            {r.id: r for r in CATALOGUE.rules},
+            ZoneInfo("Asia/Shanghai"),
+            link_key=key,
+            link_ttl_s=3600,
+        )
+        plan(conn, ctx, datetime.now(UTC))
+        bodies = [
+            str(b)
+            for (b,) in conn.execute(
+                "SELECT body FROM notifications WHERE %s = ANY(alert_ids)", (alert_id,)
+            )
+        ]
+    found = {
+        u
+        for b in bodies
+        for u in re.findall(re.escape(server.url) + r"/ack/[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", b)
+    }
+    mine = [u for u in found if verify(key, u.rsplit("/", 1)[1], time.time()).alert_id == alert_id]
+    # the message is signed per alert and department
+    assert len(mine) == 1, (alert_id, found, bodies)
+    return str(mine[0])

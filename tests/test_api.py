@@ -20,13 +20,13 @@ import httpx
 import psycopg
 import pytest
 
-from rules.notify.config import load_config
-from rules.notify.service import Context, plan
+from api.alert_series import window
+from rules.aqi import iaqi, load_standard
 from rules.runner import run_pass
-from tests.apiserver import CATALOGUE, ApiServer, api_server, start_api
+from tests.apiserver import CATALOGUE, ApiServer, api_server, notification_link, start_api
 from urbanpulse.contract import default_registry
 from urbanpulse.db.tokens import Role, create_token
-from urbanpulse.links import link_key, sign, verify
+from urbanpulse.links import link_key, sign
 
 ROLES = ("viewer", "operator", "admin")
 
@@ -314,6 +314,54 @@ def test_alert_listing_filters_pages_and_exports(server: ApiServer) -> None:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+08:00", detail["pending_at"])
 
 
+def test_an_alerts_series_is_what_its_rule_read_around_the_breach(server: ApiServer) -> None:
+    air = pm25_alert(server, 0)
+    with server.client("viewer") as c:
+        got = c.get(f"/api/v1/alerts/{air['id']}/series")
+        assert got.status_code == 200, got.text
+        s = got.json()
+        water = c.get("/api/v1/alerts", params={"rule_id": "water.leakage_daily"}).json()["items"]
+        w = c.get(f"/api/v1/alerts/{water[0]['id']}/series").json()
+        assert c.get("/api/v1/alerts/999999/series").status_code == 404
+    assert httpx.get(f"{server.url}/api/v1/alerts/{air['id']}/series").status_code == 401
+    assert (s["kind"], s["name"], s["threshold"], s["clear"]) == ("metric", "pm25", 75, 70)
+    assert s["unit"] == default_registry().metrics["pm25"].unit
+    assert 0 < len(s["points"]) <= 60 and s["step_s"] % 60 == 0
+    start, end = datetime.fromisoformat(s["start"]), datetime.fromisoformat(s["end"])
+    assert start <= datetime.fromisoformat(air["pending_at"]) - timedelta(hours=6) < end
+    # each point is the mean of the device's readings in its bucket
+    first = s["points"][0]
+    t0 = datetime.fromisoformat(first["ts"])
+    with psycopg.connect(server.db_url) as conn:
+        row = conn.execute(
+            "SELECT avg(value) FROM readings WHERE device_id = %s AND metric = 'pm25' "
+            "AND ts >= %s AND ts < %s",
+            (air["entity"], t0, t0 + timedelta(seconds=s["step_s"])),
+        ).fetchone()
+    assert row is not None and abs(float(row[0]) - first["value"]) < 1e-6
+    # the HJ 633 level of a 24 h PM2.5 mean, by the daily table
+    std = load_standard()
+    index = iaqi(std, std.daily["pm25"], air["value"])
+    assert index is not None
+    assert s["aqi"]["aqi"] == index and s["aqi"]["colour"] == std.level_of(index).colour
+    # a rule on a recorded series draws that series; water alerts have no AQI
+    assert (w["kind"], w["name"], w["aqi"]) == ("recorded", "water.rbl_day", None)
+    assert w["points"] and w["unit"] == "%"
+
+
+def test_series_window_leads_the_breach_and_stays_bounded() -> None:
+    now = datetime(2026, 7, 10, 12, tzinfo=UTC)
+    start, end, step = window(now - timedelta(hours=2), None, now)
+    assert (end, start, step) == (now, now - timedelta(hours=8), timedelta(minutes=8))
+    ended = now - timedelta(days=1)
+    start, end, _ = window(ended - timedelta(hours=1), ended, now, timedelta(days=3))
+    assert end == ended + timedelta(hours=1) and start == ended - timedelta(days=3, hours=1)
+    start, end, step = window(now - timedelta(days=90), None, now)
+    assert end - start == timedelta(days=14) and (end - start) / step <= 60
+    _, _, step = window(now - timedelta(minutes=1), None, now)
+    assert step >= timedelta(minutes=1)
+
+
 # --- devices, readings, series -----------------------------------------------------------------
 
 
@@ -557,32 +605,16 @@ def test_cors_is_off_by_default_and_configurable(server: ApiServer) -> None:
 
 def test_a_notifications_link_acknowledges_its_alert_once(server: ApiServer) -> None:
     alert = pm25_alert(server, 2)
+    token = notification_link(server, alert["id"]).rsplit("/", 1)[1]
     with psycopg.connect(server.db_url) as conn:
         key = link_key(conn)
-        config = load_config().model_copy(update={"group_wait": 0.0})
-        ctx = Context(
-            config,
-            {r.id: r for r in CATALOGUE.rules},
-            ZoneInfo("Asia/Shanghai"),
-            link_key=key,
-            link_ttl_s=3600,
-        )
-        plan(conn, ctx, datetime.now(UTC))
-        bodies = [
-            str(b)
-            for (b,) in conn.execute(
-                "SELECT body FROM notifications WHERE %s = ANY(alert_ids)", (alert["id"],)
-            )
-        ]
-    links = {t for b in bodies for t in re.findall(r"/ack/([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", b)}
-    assert links, bodies
-    mine = [t for t in links if verify(key, t, time.time()).alert_id == alert["id"]]
-    assert len(mine) == 1, links  # the message is signed per alert and department
-    token = mine[0]
     page = httpx.get(f"{server.url}/ack/{token}")
     assert page.status_code == 200 and alert["title_zh"] in page.text and "<form" in page.text
+    assert page.headers["referrer-policy"] == "no-referrer"  # the link's token stays here
     as_json = httpx.get(f"{server.url}/api/v1/ack/{token}").json()
     assert as_json["id"] == alert["id"]
+    drawn = httpx.get(f"{server.url}/api/v1/ack/{token}/series").json()
+    assert drawn["alert_id"] == alert["id"] and drawn["points"]
     done = httpx.post(f"{server.url}/ack/{token}")
     assert done.status_code == 200 and "已确认" in done.text
     again = httpx.post(f"{server.url}/api/v1/ack/{token}")
@@ -593,6 +625,7 @@ def test_a_notifications_link_acknowledges_its_alert_once(server: ApiServer) -> 
     ]
     forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     assert httpx.post(f"{server.url}/api/v1/ack/{forged}").status_code == 403
+    assert httpx.get(f"{server.url}/api/v1/ack/{forged}/series").status_code == 403
     expired = sign(key, alert["id"], "区生态环境局", int(time.time()) - 1)
     refused = httpx.post(f"{server.url}/api/v1/ack/{expired}")
     assert refused.status_code == 403 and "expired" in refused.json()["detail"]
@@ -626,6 +659,7 @@ def _listen(
                 else:
                     k, _, v = line.partition(":")
                     event[k] = v.strip()
+        out.put(("end", None))
     except httpx.HTTPError as exc:
         out.put(("error", exc))
 
@@ -809,6 +843,23 @@ def test_tokens_cli_creates_lists_and_revokes(
     assert main([*db, "tokens", "revoke", "li.na"]) == 1
     time.sleep(5.5)  # the API forgets a token it has seen within its 5 s cache
     assert httpx.get(server.url + "/api/v1/me", headers=_bearer(secret)).status_code == 401
+
+
+def test_a_revoked_tokens_stream_ends(server: ApiServer) -> None:
+    with psycopg.connect(server.db_url) as conn:
+        secret, _ = create_token(conn, "streaming-one", Role.VIEWER)
+    url = f"{server.url}/api/v1/events/alerts"
+    q: queue.Queue[Any] = queue.Queue()
+    threading.Thread(target=_listen, args=(url, secret, q), daemon=True).start()
+    assert q.get(timeout=10) == ("status", 200)
+    assert q.get(timeout=10)[0] == "comment"
+    with server.client("admin") as admin:
+        assert admin.delete("/api/v1/tokens/streaming-one").status_code == 204
+    # the server closes it within its re-check interval and token cache (a keep-alive alone
+    # would hold it open for ever)
+    while (got := q.get(timeout=30))[0] != "end":
+        assert got[0] in ("comment", "event"), got
+    assert httpx.get(url, headers=_bearer(secret)).status_code == 401
 
 
 def test_the_stream_keeps_feed_order_when_transactions_commit_out_of_order(

@@ -11,9 +11,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse
 
+from api.alert_series import alert_series
 from api.deps import Conn, Principal, State, client_of
 from api.routes.alerts import acknowledge, detail
-from api.schemas import AlertDetail, Problem
+from api.routes.console import shell
+from api.schemas import AlertDetail, AlertSeries, Problem
 from urbanpulse.db.tokens import Role
 from urbanpulse.links import LinkError, verify
 
@@ -44,6 +46,17 @@ async def link_alert(conn: Conn, state: State, token: Token) -> AlertDetail:
     return await detail(conn, state, alert_id)
 
 
+@router.get(
+    "/api/v1/ack/{token}/series",
+    response_model=AlertSeries,
+    responses={403: {"model": Problem}, 404: {"model": Problem}},
+    summary="The series behind a link's alert, for its small chart",
+)
+async def link_series(conn: Conn, state: State, token: Token) -> AlertSeries:
+    _, alert_id = _who(state.link_key, token)
+    return await alert_series(conn, state, alert_id)
+
+
 @router.post(
     "/api/v1/ack/{token}",
     response_model=AlertDetail,
@@ -56,18 +69,12 @@ async def link_ack(conn: Conn, state: State, token: Token, request: Request) -> 
     return await detail(conn, state, alert_id)
 
 
-PAGE = """<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:34rem;margin:1rem auto;padding:0 1rem;
-color:#111}}dt{{font-weight:600}}button{{font-size:1.1rem;padding:.7rem 1.4rem;border:0;
-border-radius:.4rem;background:#0b5cad;color:#fff}}button:focus{{outline:3px solid #f5a623}}
-.note{{padding:.6rem;border-radius:.4rem;background:#eef4fb}}</style></head><body>{body}
-</body></html>"""
-
-
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(PAGE.format(title=html.escape(title), body=body), status_code=status)
+def _plain(body: str, status: int = 200) -> HTMLResponse:
+    """The console on the link's alert; `body` is the plain page shown until its script runs,
+    and instead of it where the script cannot run. Never cached: it holds the link's state."""
+    page = shell(body, status=status, noscript="")
+    page.headers["Cache-Control"] = "no-store"
+    return page
 
 
 def _describe(a: AlertDetail) -> str:
@@ -87,20 +94,23 @@ def _describe(a: AlertDetail) -> str:
 
 @router.get("/ack/{token}", response_class=HTMLResponse, include_in_schema=False)
 async def ack_page(conn: Conn, state: State, token: Token) -> HTMLResponse:
+    """The console opens the alert and acknowledges it with one tap; without scripts, the
+    plain page below does the same with a form."""
     try:
         _, alert_id = _who(state.link_key, token)
         a = await detail(conn, state, alert_id)
     except HTTPException as exc:
-        return _page("链接无效 / Invalid link", f"<p>{html.escape(str(exc.detail))}</p>", 403)
+        return _plain(f"<p>{html.escape(str(exc.detail))}</p>", exc.status_code)
     if a.acknowledged:
         done = f"已由 {html.escape(a.acknowledged.acked_by)} 确认 / already acknowledged"
-        return _page("已确认 / Acknowledged", f"<p class=note>{done}</p>{_describe(a)}")
+        return _plain(f"<p class=note>{done}</p>{_describe(a)}")
     if a.status not in ("pending", "firing"):
-        return _page("已结束 / Closed", f"<p class=note>{a.status}</p>{_describe(a)}")
+        return _plain(f"<p class=note>{html.escape(a.status)}</p>{_describe(a)}")
     form = (
-        '<form method="post"><button type="submit" autofocus>确认处理 / Acknowledge</button></form>'
+        '<form method="post"><button type="submit" class="btn primary big">'
+        "确认处理 / Acknowledge</button></form>"
     )
-    return _page("确认告警 / Acknowledge alert", _describe(a) + form)
+    return _plain(_describe(a) + form)
 
 
 @router.post("/ack/{token}", response_class=HTMLResponse, include_in_schema=False)
@@ -110,7 +120,6 @@ async def ack_page_post(conn: Conn, state: State, token: Token, request: Request
         await acknowledge(conn, who, alert_id, "", client_of(request))
         a = await detail(conn, state, alert_id)
     except HTTPException as exc:
-        return _page(
-            "未能确认 / Not acknowledged", f"<p>{html.escape(str(exc.detail))}</p>", exc.status_code
-        )
-    return _page("已确认 / Acknowledged", f"<p class=note>已确认 / Acknowledged</p>{_describe(a)}")
+        why = html.escape(str(exc.detail))
+        return _plain(f"<p>未能确认 / Not acknowledged: {why}</p>", exc.status_code)
+    return _plain(f"<p class=note>已确认 / Acknowledged</p>{_describe(a)}")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
+from api.alert_series import POINTS, alert_series
 from api.deps import (
     AConn,
     ApiState,
@@ -28,6 +29,7 @@ from api.schemas import (
     AlertDetail,
     AlertEvent,
     AlertPublic,
+    AlertSeries,
     AlertStatus,
     AssignCreate,
     CommentCreate,
@@ -440,6 +442,21 @@ async def alert_events(conn: Conn, _who: Viewer, alert_id: AlertId) -> list[Aler
     if found is None:
         raise not_found(f"alert {alert_id}")
     return await _events(conn, alert_id)
+
+
+@router.get(
+    "/alerts/{alert_id}/series",
+    response_model=AlertSeries,
+    responses={404: {"model": Problem}},
+    summary="The series behind an alert, bucketed for a small chart",
+    description="The readings or recorded values the rule read, from some hours before the "
+    f"breach to its end (or now), in at most {POINTS} buckets; with the threshold and, for air "
+    "alerts, the HJ 633 AQI level of the alert's value.",
+)
+async def get_alert_series(
+    conn: Conn, state: State, _who: Viewer, alert_id: AlertId
+) -> AlertSeries:
+    return await alert_series(conn, state, alert_id)
 
 
 __all__ = ["acknowledge", "detail", "router"]

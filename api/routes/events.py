@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.deps import State, Viewer
+from api.deps import State, Viewer, bearer_secret, lookup
 from api.hub import FEED_SQL
 from api.metrics import STREAMS
 from api.schemas import Name, StreamEvent
@@ -17,6 +18,7 @@ from api.schemas import Name, StreamEvent
 router = APIRouter(tags=["events"])
 
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
+RECHECK_S = 5.0  # the token is checked again this often: a revoked one's stream ends
 REPLAY_MAX = 10_000  # events sent from history on (re)connection; older ones: use the listing
 
 
@@ -37,6 +39,7 @@ def _event(row: dict[str, Any]) -> ServerSentEvent:
 async def alert_stream(
     state: State,
     _who: Viewer,
+    request: Request,
     owner: Annotated[Name | None, Query(description="one department's alerts")] = None,
     rule_id: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")] = None,
     after: Annotated[
@@ -72,14 +75,24 @@ async def alert_stream(
                 if sent >= REPLAY_MAX:
                     return  # the client reconnects from here and gets the rest
             last = max(last, horizon)
-            yield ServerSentEvent(comment="live", retry=3000)
+            # the position travels with it: a client that saw no event yet resumes from here
+            yield ServerSentEvent(comment="live", id=str(last), retry=3000)
+            secret = bearer_secret(request)
+            checked = quiet = time.monotonic()
             while True:
                 item: dict[str, Any] | None
+                now = time.monotonic()
+                if now - checked >= RECHECK_S:
+                    checked = now
+                    if await lookup(state, secret) is None:
+                        return  # revoked or expired: reconnecting is refused with 401
                 try:
-                    async with asyncio.timeout(KEEPALIVE_S):
+                    async with asyncio.timeout(RECHECK_S):
                         item = await queue.get()
                 except TimeoutError:
-                    yield ServerSentEvent(comment="keep-alive")
+                    if time.monotonic() - quiet >= KEEPALIVE_S:
+                        quiet = time.monotonic()
+                        yield ServerSentEvent(comment="keep-alive")
                     continue
                 if item is None:
                     return  # too slow or shutting down: the client reconnects and catches up
@@ -87,6 +100,7 @@ async def alert_stream(
                     continue
                 last = int(item["id"])
                 if wanted(item):
+                    quiet = time.monotonic()
                     yield _event(item)
     finally:
         STREAMS.dec()
