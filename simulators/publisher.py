@@ -34,7 +34,7 @@ class Publisher:
         if broker.username:
             self.client.username_pw_set(broker.username, broker.password)
         if broker.tls:
-            self.client.tls_set()
+            self.client.tls_set(ca_certs=broker.ca_file)
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect

@@ -7,6 +7,7 @@ import getpass
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -45,11 +46,19 @@ class Mosquitto:
     """A private broker on a free port with persistence, started and stopped by the tests."""
 
     def __init__(
-        self, workdir: Path, *, password_file: Path | None = None, port: int | None = None
+        self,
+        workdir: Path,
+        *,
+        password_file: Path | None = None,
+        acl_file: Path | None = None,
+        port: int | None = None,
+        extra_conf: str = "",
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.password_file = password_file
+        self.acl_file = acl_file
+        self.extra_conf = extra_conf
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -73,6 +82,8 @@ class Mosquitto:
             "set_tcp_nodelay true\n"
             f"log_dest file {self.workdir}/mosquitto.log\n"
             + (f"password_file {self.password_file}\n" if self.password_file else "")
+            + (f"acl_file {self.acl_file}\n" if self.acl_file else "")
+            + self.extra_conf
         )
         self.proc = subprocess.Popen(
             [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -88,6 +99,12 @@ class Mosquitto:
                 raise RuntimeError(f"mosquitto exited: {(self.workdir / 'mosquitto.log')}")
             time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening")
+
+    def reload(self) -> None:
+        """Make it read its password and ACL files again (SIGHUP), as an operator would; it
+        does so between network loops, and says nothing when done: poll for the effect."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -98,6 +98,46 @@ def cmd_devices_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices_credentials(args: argparse.Namespace) -> int:
+    from urbanpulse.credentials import Account, write_credentials
+    from urbanpulse.db.connect import connect
+
+    settings = _settings(args)
+    with connect(settings.database_url) as conn:
+        rows = conn.execute("SELECT device_id, domain FROM devices ORDER BY device_id").fetchall()
+    accounts = [Account(str(d), str(m)) for d, m in rows]
+    out = Path(args.out)
+    try:
+        result = write_credentials(
+            out,
+            accounts,
+            prefix=settings.topic_prefix,
+            ingest_user=args.ingest_user,
+            ingest_group=settings.ingest_group,
+            rotate=args.rotate or (),
+            rotate_all=args.rotate_all,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{len(accounts)} device account(s) and {args.ingest_user!r} in {result.passwd} and "
+        f"{result.acl}: {len(result.created)} new password(s), {len(result.kept)} kept, "
+        f"{len(result.removed)} removed"
+        + (f" ({', '.join(result.removed[:10])})" if result.removed else "")
+    )
+    if result.secrets_file:
+        print(
+            f"the new passwords are in {result.secrets_file} (readable by you only): give each "
+            "device its line, then delete the file; they are not kept anywhere else"
+        )
+    print(
+        "make the broker read them: chgrp mosquitto passwd acl, point password_file and acl_file "
+        "at them (deploy/mosquitto/mosquitto.conf), then reload it (kill -HUP its pid)"
+    )
+    return 0
+
+
 def cmd_devices_list(args: argparse.Namespace) -> int:
     from urbanpulse.db.connect import connect
     from urbanpulse.db.devices import list_devices
@@ -763,6 +803,18 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--zone")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_devices_list)
+    cred = devices.add_parser(
+        "credentials",
+        help="write Mosquitto's password and ACL files: one account per device, which may "
+        "publish on its own topic only, and an ingest account that may only read",
+    )
+    cred.add_argument("--out", required=True, help="folder for passwd, acl and new secrets")
+    cred.add_argument("--ingest-user", default="ingest", help="the ingest account's name")
+    cred.add_argument(
+        "--rotate", nargs="+", metavar="USER", help="new passwords for these accounts"
+    )
+    cred.add_argument("--rotate-all", action="store_true", help="new passwords for every account")
+    cred.set_defaults(func=cmd_devices_credentials)
 
     quarantine = sub.add_parser("quarantine", help="messages that could not be stored")
     qsub = quarantine.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")

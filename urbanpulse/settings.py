@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -22,7 +22,9 @@ class Settings(BaseSettings):
 
     database_url: str = Field(DEFAULT_DATABASE_URL, description="PostgreSQL/TimescaleDB URL")
     mqtt_url: str = Field(
-        DEFAULT_MQTT_URL, description="Broker URL: mqtt://[user:password@]host:port"
+        DEFAULT_MQTT_URL,
+        description="Broker URL: mqtt://[user:password@]host:port, or mqtts://… for TLS "
+        "(add ?ca=/path/ca.pem to trust a private CA)",
     )
     topic_prefix: str = Field("yc/v1", description="Topic prefix before <domain>/<device_id>")
     ingest_group: str = Field("ingest", description="Shared-subscription group of ingest workers")
@@ -112,6 +114,11 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in {"mqtt", "mqtts", "tcp"} or not parts.hostname:
             raise ValueError("expected mqtt://[user:password@]host:port")
+        ca = parse_qs(parts.query).get("ca")
+        if ca and parts.scheme != "mqtts":
+            raise ValueError("?ca= is for mqtts:// (TLS) only")
+        if ca and not Path(ca[0]).is_file():
+            raise ValueError(f"?ca={ca[0]}: no such file")
         return value
 
     @field_validator("timezone")

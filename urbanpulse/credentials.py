@@ -1,0 +1,174 @@
+"""Per-device MQTT credentials: Mosquitto's password and ACL files, written from the device
+registry.
+
+Each device's MQTT user name is its device id; it may publish on its own topic
+(`<prefix>/<domain>/<device_id>`) and nothing else, and may read nothing. The ingest account
+reads the device topics (also through its shared subscription) and its own control topics,
+and may publish on none of the device topics. Nobody connects anonymously (the broker's
+`allow_anonymous false`).
+
+Passwords are random (192 bits), so the file's PBKDF2-SHA512 hashes (Mosquitto's `$7$` form)
+need no more iterations than Mosquitto's own default to be safe. The files are rewritten as a
+whole, atomically; a device keeps its password from one run to the next unless it is rotated,
+and a device no longer in the registry loses its account. Only the passwords made in a run are
+shown, once, in a file readable by its owner alone."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import hmac
+import io
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+ITERATIONS = 101  # Mosquitto's default; the secrets are random, not people's passwords
+SALT_BYTES = 12
+USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # device ids, and no ':' or spaces
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A device that gets an account: its id (the user name) and its topic's domain."""
+
+    device_id: str
+    domain: str
+
+
+@dataclass
+class Outcome:
+    created: dict[str, str] = field(default_factory=dict)  # user -> password, this run only
+    kept: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    passwd: Path | None = None
+    acl: Path | None = None
+    secrets_file: Path | None = None
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """Mosquitto's `$7$` hash: PBKDF2-HMAC-SHA512 with its iteration count and salt."""
+    salt = salt if salt is not None else os.urandom(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, ITERATIONS)
+    b64 = base64.b64encode
+    return f"$7${ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """Whether `password` matches a `$7$` hash (as Mosquitto would decide)."""
+    parts = hashed.split("$")
+    if len(parts) != 5 or parts[1] != "7":
+        return False
+    iterations, salt, digest = int(parts[2]), base64.b64decode(parts[3]), parts[4]
+    mine = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return hmac.compare_digest(base64.b64encode(mine).decode(), digest)
+
+
+def read_passwd(path: Path) -> dict[str, str]:
+    """The users of a password file and their hashes (an absent file has none)."""
+    if not path.exists():
+        return {}
+    users: dict[str, str] = {}
+    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        if not sep or not hashed:
+            raise ValueError(f"{path}:{n}: not user:hash")
+        users[user] = hashed
+    return users
+
+
+def acl_text(
+    accounts: Iterable[Account], *, prefix: str, ingest_user: str, ingest_group: str
+) -> str:
+    """The ACL file: the ingest account's read rights, then each device's one topic."""
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# Written by `urbanpulse devices credentials` at {now}; re-run it rather than edit.",
+        "# Devices publish on their own topic only and read nothing; the ingest account reads",
+        "# every device topic and publishes on none of them.",
+        f"user {ingest_user}",
+        f"topic read {prefix}/#",
+        f"topic read $share/{ingest_group}/{prefix}/#",
+        "# its will, and other workers' (a peer drains a dead worker's session)",
+        "topic readwrite urbanpulse/ingest/#",
+        "",
+    ]
+    for a in sorted(accounts, key=lambda a: a.device_id):
+        lines += [f"user {a.device_id}", f"topic write {prefix}/{a.domain}/{a.device_id}", ""]
+    return "\n".join(lines)
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    """Replace `path` atomically: a broker reloading it never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        Path(tmp).chmod(mode)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_credentials(
+    out: Path,
+    accounts: list[Account],
+    *,
+    prefix: str,
+    ingest_user: str = "ingest",
+    ingest_group: str = "ingest",
+    rotate: Iterable[str] = (),
+    rotate_all: bool = False,
+) -> Outcome:
+    """Write `out/passwd`, `out/acl` and, when passwords were made, `out/new-secrets-<time>.csv`
+    (mode 600: hand each device its line, then delete the file)."""
+    for name in [ingest_user, *(a.device_id for a in accounts)]:
+        if not USER.match(name):
+            raise ValueError(f"{name!r}: not usable as an MQTT user name")
+    if ingest_user in {a.device_id for a in accounts}:
+        raise ValueError(f"{ingest_user!r} is both the ingest account and a device")
+    passwd, acl = out / "passwd", out / "acl"
+    old = read_passwd(passwd)
+    again = set(rotate)
+    unknown = again - {a.device_id for a in accounts} - {ingest_user}
+    if unknown:
+        raise ValueError(f"--rotate: no such device: {', '.join(sorted(unknown))}")
+    result = Outcome(passwd=passwd, acl=acl)
+    hashes: dict[str, str] = {}
+    for user in [ingest_user, *sorted(a.device_id for a in accounts)]:
+        if user in old and not rotate_all and user not in again:
+            hashes[user] = old[user]
+            result.kept.append(user)
+            continue
+        secret = secrets.token_urlsafe(24)
+        result.created[user] = secret
+        hashes[user] = hash_password(secret)
+    result.removed = sorted(set(old) - set(hashes))
+    # mode 640: the broker's group reads them (chgrp mosquitto), nobody else
+    _write(passwd, "".join(f"{u}:{h}\n" for u, h in hashes.items()), 0o640)
+    _write(
+        acl,
+        acl_text(accounts, prefix=prefix, ingest_user=ingest_user, ingest_group=ingest_group),
+        0o640,
+    )
+    if result.created:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["user", "password", "publishes_on"])
+        topics = {a.device_id: f"{prefix}/{a.domain}/{a.device_id}" for a in accounts}
+        for user, secret in result.created.items():
+            w.writerow([user, secret, topics.get(user, "(ingest: reads every device topic)")])
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        result.secrets_file = out / f"new-secrets-{stamp}.csv"
+        _write(result.secrets_file, buf.getvalue(), 0o600)
+    return result
