@@ -6,7 +6,9 @@ DURATION ?= 60
 SCENARIO ?= demo
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test check fmt demo screenshots clean help
+FUZZ_SECONDS ?= 300
+
+.PHONY: install test check fmt demo screenshots fuzz clean help
 
 help:
 	@echo "make install   create $(VENV) and install UrbanPulse with its dev tools"
@@ -14,6 +16,7 @@ help:
 	@echo "make test      the whole test suite against real PostgreSQL and Mosquitto"
 	@echo "make check     ruff (lint + format check) and mypy --strict"
 	@echo "make screenshots  refresh docs/console/*.png from the console's browser tests"
+	@echo "make fuzz      coverage-guided fuzzing of message validation for FUZZ_SECONDS (default $(FUZZ_SECONDS))"
 
 install: $(STAMP)
 
@@ -40,6 +43,11 @@ demo: $(STAMP)
 
 screenshots: $(STAMP)
 	URBANPULSE_SCREENSHOTS=docs/console $(BIN)/python -m pytest tests/test_console.py -q
+
+fuzz: $(STAMP)
+	@mkdir -p build/fuzz-corpus
+	$(BIN)/python -c 'from pathlib import Path; from tests.fuzz_parse import write_seeds; write_seeds(Path("build/fuzz-corpus"))'
+	$(BIN)/python -m tests.fuzz_parse -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 build/fuzz-corpus
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -81,9 +81,9 @@ def test_three_workers_split_the_load_and_survivors_take_a_dead_workers_share(
         )
         publisher.start()
         time.sleep(1.5)
+        doomed = received(ports[1])  # what it had taken just before it dies
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait()
-        before = [received(ports[k]) for k in (0, 2)]
         publisher.join()
         wait_for_stream(db_url, union(first, rest), timeout=90)
 
@@ -93,8 +93,11 @@ def test_three_workers_split_the_load_and_survivors_take_a_dead_workers_share(
             return any(f"drained the session of w1-{prefix[:6]}" in t for t in texts)
 
         wait_until(drained, 30, "a peer to drain the dead worker's session")
+        # the survivors took everything but what the dead one had stored and acknowledged (the
+        # rest of what it held came back to them); a few more may have gone between the reading
+        # of its count and the kill, at 300/s
         after = [received(ports[k]) for k in (0, 2)]
-        assert sum(after) - sum(before) >= 1800 - 1.5 * 300 - 5, (before, after)
+        assert sum(after) >= 900 + 1800 - doomed - 30, (doomed, after)
         assert stored(db_url) == union(first, rest).readings  # each exactly once
         assert quarantined(db_url) == Counter()
 

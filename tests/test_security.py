@@ -29,7 +29,13 @@ from tests.pipeline import InThreadIngest, publish, settings_for, stored, wait_u
 from tests.services import Mosquitto, free_port, scratch_database
 from tests.streams import DEVICES, steady_stream
 from urbanpulse.broker import parse_broker_url
-from urbanpulse.credentials import check_password, hash_password, read_passwd
+from urbanpulse.credentials import (
+    Account,
+    check_password,
+    hash_password,
+    read_passwd,
+    write_credentials,
+)
 from urbanpulse.db.devices import upsert_devices
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
@@ -200,10 +206,30 @@ def test_the_files_name_every_device_and_keep_passwords_across_runs(secured: Sec
     assert (secured.out / "passwd").stat().st_mode & 0o777 == 0o640
     acl = (secured.out / "acl").read_text()
     assert f"topic write {secured.topic('air', 'aq1')}" in acl
-    assert f"topic read $share/{secured.group}/{secured.prefix}/#" in acl
+    assert f"topic read {secured.prefix}/#" in acl  # also what a shared subscription delivers
+    assert "$SYS/broker/uptime" in acl  # the compose health check reads it as ingest
+    (secured.out / "passwd").chmod(0o600)  # as an operator might have set it
     said = credentials(secured.db_url, secured.out, secured.prefix, secured.group)
     assert "0 new password(s)" in said and not list(secured.out.glob("new-secrets-*"))
     assert read_passwd(secured.out / "passwd") == users  # nothing changed
+    assert (secured.out / "passwd").stat().st_mode & 0o777 == 0o600  # and its mode kept
+
+
+def test_names_that_would_break_the_files_are_refused(tmp_path: Path) -> None:
+    ok = [Account("aq1", "air")]
+    cases: list[tuple[list[Account], dict[str, Any], str]] = [
+        (ok, {"ingest_user": "ingest\nuser aq1"}, "user name"),
+        ([Account("aq1 x", "air")], {}, "user name"),
+        ([Account("aq1", "air\ntopic readwrite #")], {}, "ACL line"),
+        (ok, {"ingest_group": "g #"}, "ACL line"),
+        ([Account("ingest", "air")], {}, "both the ingest account and a device"),
+    ]
+    for accounts, kwargs, says in cases:
+        with pytest.raises(ValueError, match=says):
+            write_credentials(tmp_path / "out", accounts, prefix="yc/v1", **kwargs)
+        assert not (tmp_path / "out" / "acl").exists()
+    with pytest.raises(ValueError, match="no such device"):
+        write_credentials(tmp_path / "out", ok, prefix="yc/v1", rotate=["nobody"])
 
 
 # --- a real broker with them ------------------------------------------------------------------

@@ -117,7 +117,7 @@ def cmd_devices_credentials(args: argparse.Namespace) -> int:
             rotate=args.rotate or (),
             rotate_all=args.rotate_all,
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(

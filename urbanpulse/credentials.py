@@ -19,7 +19,6 @@ import base64
 import csv
 import hashlib
 import hmac
-import io
 import os
 import re
 import secrets
@@ -31,7 +30,8 @@ from pathlib import Path
 
 ITERATIONS = 101  # Mosquitto's default; the secrets are random, not people's passwords
 SALT_BYTES = 12
-USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # device ids, and no ':' or spaces
+USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # device ids: no ':', space or newline
+TOPIC_PART = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")  # what goes into an ACL line
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +95,13 @@ def acl_text(
         "# Devices publish on their own topic only and read nothing; the ingest account reads",
         "# every device topic and publishes on none of them.",
         f"user {ingest_user}",
+        "# read rights are checked on delivery, against the message's topic: this line also",
+        f"# covers the shared subscription $share/{ingest_group}/{prefix}/#",
         f"topic read {prefix}/#",
-        f"topic read $share/{ingest_group}/{prefix}/#",
         "# its will, and other workers' (a peer drains a dead worker's session)",
         "topic readwrite urbanpulse/ingest/#",
+        "# the compose stack's health check",
+        "topic read $SYS/broker/uptime",
         "",
     ]
     for a in sorted(accounts, key=lambda a: a.device_id):
@@ -107,17 +110,40 @@ def acl_text(
 
 
 def _write(path: Path, text: str, mode: int) -> None:
-    """Replace `path` atomically: a broker reloading it never reads half a file."""
+    """Replace `path` atomically (a broker reloading it never reads half a file), keeping the
+    owner, group and mode an operator gave the file before (`chgrp mosquitto` survives)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            was = path.stat()
+            os.chown(tmp, was.st_uid, was.st_gid)
+            mode = was.st_mode & 0o777
         Path(tmp).chmod(mode)
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _secrets_file(out: Path, created: dict[str, str], accounts: list[Account], prefix: str) -> Path:
+    """The passwords made in this run, in a new file (mode 600) that no later run overwrites."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    fd, name = tempfile.mkstemp(dir=out, prefix=f"new-secrets-{stamp}-", suffix=".csv")
+    topics = {a.device_id: f"{prefix}/{a.domain}/{a.device_id}" for a in accounts}
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "password", "publishes_on"])
+        for user, secret in created.items():
+            w.writerow([user, secret, topics.get(user, "(ingest: reads every device topic)")])
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(name)
 
 
 def write_credentials(
@@ -133,8 +159,13 @@ def write_credentials(
     """Write `out/passwd`, `out/acl` and, when passwords were made, `out/new-secrets-<time>.csv`
     (mode 600: hand each device its line, then delete the file)."""
     for name in [ingest_user, *(a.device_id for a in accounts)]:
-        if not USER.match(name):
+        if not USER.fullmatch(name):
             raise ValueError(f"{name!r}: not usable as an MQTT user name")
+    for what, part in [("prefix", prefix), ("ingest group", ingest_group)] + [
+        (f"domain of {a.device_id}", a.domain) for a in accounts
+    ]:
+        if not TOPIC_PART.fullmatch(part):
+            raise ValueError(f"{what} {part!r}: not usable in an ACL line")
     if ingest_user in {a.device_id for a in accounts}:
         raise ValueError(f"{ingest_user!r} is both the ingest account and a device")
     passwd, acl = out / "passwd", out / "acl"
@@ -154,21 +185,13 @@ def write_credentials(
         result.created[user] = secret
         hashes[user] = hash_password(secret)
     result.removed = sorted(set(old) - set(hashes))
-    # mode 640: the broker's group reads them (chgrp mosquitto), nobody else
+    if result.created:  # first: if anything fails later, the new passwords are not lost
+        result.secrets_file = _secrets_file(out, result.created, accounts, prefix)
+    # mode 640 on a first run: the broker's group reads them (chgrp mosquitto), nobody else
     _write(passwd, "".join(f"{u}:{h}\n" for u, h in hashes.items()), 0o640)
     _write(
         acl,
         acl_text(accounts, prefix=prefix, ingest_user=ingest_user, ingest_group=ingest_group),
         0o640,
     )
-    if result.created:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["user", "password", "publishes_on"])
-        topics = {a.device_id: f"{prefix}/{a.domain}/{a.device_id}" for a in accounts}
-        for user, secret in result.created.items():
-            w.writerow([user, secret, topics.get(user, "(ingest: reads every device topic)")])
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        result.secrets_file = out / f"new-secrets-{stamp}.csv"
-        _write(result.secrets_file, buf.getvalue(), 0o600)
     return result

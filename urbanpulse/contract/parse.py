@@ -40,6 +40,7 @@ SENML_KEYS = frozenset(
 SENML_BASE_KEYS = frozenset({"bn", "bt", "bu", "bv", "bs", "bver"})
 # How much of a bad value is quoted back in a rejection detail.
 QUOTE_LIMIT = 60
+MAX_REJECTIONS = 100  # per message: the rest are counted, not listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +66,19 @@ def _quote(raw: Any) -> str:
     return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "…"
 
 
+def _name(text: str) -> str:
+    """A name a device sent (in a topic or a payload's keys), as a detail shows it: as it is
+    when short and printable, quoted (escaped and cut) otherwise, so that a detail stays short
+    and holds nothing PostgreSQL's text refuses, whatever a device sends."""
+    return text if len(text) <= QUOTE_LIMIT and text.isprintable() else _quote(text)
+
+
 def parse_topic(topic: str, prefix: str) -> tuple[str, str] | None:
-    """(domain, device_id) of a topic <prefix>/<domain>/<device_id>, or None."""
+    """(domain, device_id) of a topic <prefix>/<domain>/<device_id>, or None (also for a topic
+    with control or unprintable characters: no device id holds one, and PostgreSQL's text
+    refuses NUL and lone surrogates)."""
     head = prefix + "/"
-    if not topic.startswith(head):
+    if not topic.startswith(head) or not topic.isprintable():
         return None
     parts = topic[len(head) :].split("/")
     if len(parts) != 2 or not parts[0] or not parts[1]:
@@ -97,7 +107,10 @@ def parse_time(raw: Any, now: datetime, max_future: timedelta) -> datetime:
             raise _Reject(Reason.BAD_TIMESTAMP, f"ts {_quote(raw)} is not RFC 3339") from None
         if ts.tzinfo is None or ts.utcoffset() is None:
             raise _Reject(Reason.BAD_TIMESTAMP, f"ts {_quote(raw)} has no timezone")
-        ts = ts.astimezone(UTC)
+        try:
+            ts = ts.astimezone(UTC)
+        except OverflowError:  # year 1 or 9999 with an offset that leaves the calendar
+            raise _Reject(Reason.BAD_TIMESTAMP, f"ts {_quote(raw)} is out of range") from None
         if ts < MIN_TIME:
             raise _Reject(Reason.BAD_TIMESTAMP, f"ts {_quote(raw)} is before 2000")
     else:
@@ -197,7 +210,9 @@ class _Validator:
                     else:
                         out.append(self.reading(name, raw, None, ts))
                 except _Reject as rej:
-                    rejections.append(Rejection(rej.reason, f"{name}: {rej.detail}", index))
+                    rejections.append(
+                        Rejection(rej.reason, f"{_name(str(name))}: {rej.detail}", index)
+                    )
             return out
         if "metric" in entry:
             if "value" not in entry:
@@ -351,7 +366,9 @@ def parse_message(
             raise _Reject(Reason.OVERSIZE, f"{len(doc)} entries, limit {limits.max_readings}")
         device = devices.get(device_id or "")
         if device is None:
-            raise _Reject(Reason.UNKNOWN_DEVICE, f"device {device_id} is not provisioned")
+            raise _Reject(
+                Reason.UNKNOWN_DEVICE, f"device {_name(device_id or '')} is not provisioned"
+            )
         if device.domain != domain:
             raise _Reject(
                 Reason.TOPIC_MISMATCH, f"device {device_id} is {device.domain}, topic says {domain}"
@@ -366,4 +383,13 @@ def parse_message(
         return ParseOutcome(
             (), (Rejection(Reason.BAD_JSON, "JSON nested too deeply"),), device_id, domain
         )
+    except Exception as exc:  # a bug here must quarantine the message, not stop ingest
+        detail = f"validation failed: {type(exc).__name__}: {_quote(str(exc))}"
+        return ParseOutcome((), (Rejection(Reason.BAD_SCHEMA, detail),), device_id, domain)
+    if len(rejections) > MAX_REJECTIONS:
+        more = len(rejections) - MAX_REJECTIONS
+        rejections = [
+            *rejections[:MAX_REJECTIONS],
+            Rejection(rejections[MAX_REJECTIONS].reason, f"and {more} more rejection(s)"),
+        ]
     return ParseOutcome(tuple(readings), tuple(rejections), device_id, domain)
