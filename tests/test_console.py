@@ -570,5 +570,11 @@ def test_the_page_runs_only_its_own_code(server: ApiServer) -> None:
         server.url + "/console/app.js", headers={"If-None-Match": first.headers["etag"]}
     )
     assert again.status_code == 304
+    # compressed for whoever accepts it, the same script once decompressed
+    assert first.headers["content-encoding"] == "gzip"  # httpx asks for gzip by default
+    assert int(first.headers["content-length"]) < len(first.content) / 2
+    plain = httpx.get(server.url + "/console/app.js", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == first.content
+    assert plain.headers["etag"] != first.headers["etag"]
     assert httpx.get(server.url + "/console/other.js").status_code == 404
     assert httpx.get(server.url + "/").headers["location"] == "/console"

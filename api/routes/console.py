@@ -9,6 +9,7 @@ token is in their address)."""
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 from importlib import resources
 from typing import Annotated
@@ -35,6 +36,12 @@ def _asset(name: str) -> tuple[bytes, str]:
     """An asset's bytes and its entity tag (read once per process; they ship with the code)."""
     data = resources.files("api").joinpath("console", name).read_bytes()
     return data, hashlib.sha256(data).hexdigest()[:16]
+
+
+@functools.cache
+def _gzipped(name: str) -> bytes:
+    """The asset compressed once: a phone fetches about a third of the bytes."""
+    return gzip.compress(_asset(name)[0], compresslevel=9, mtime=0)
 
 
 @functools.cache
@@ -67,11 +74,17 @@ async def console() -> HTMLResponse:
 async def asset(
     name: Annotated[str, Path(max_length=100)],
     if_none_match: Annotated[str | None, Header(max_length=200)] = None,
+    accept_encoding: Annotated[str | None, Header(max_length=500)] = None,
 ) -> Response:
     if name not in ASSETS:
         raise HTTPException(404, detail=f"no console asset {name}")
     data, etag = _asset(name)
-    headers = {**HEADERS, "ETag": f'"{etag}"'}
-    if if_none_match and etag in if_none_match:
+    zipped = "gzip" in (accept_encoding or "").lower()
+    if zipped:
+        data, etag = _gzipped(name), etag + "-gz"  # another representation, another tag
+    headers = {**HEADERS, "ETag": f'"{etag}"', "Vary": "Accept-Encoding"}
+    if if_none_match and f'"{etag}"' in if_none_match:
         return Response(status_code=304, headers=headers)
+    if zipped:
+        headers["Content-Encoding"] = "gzip"
     return Response(data, media_type=ASSETS[name], headers=headers)
