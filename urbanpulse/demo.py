@@ -424,7 +424,7 @@ def _run(settings: Settings, plan: Any, api_url: str, api_token: str) -> int:
     _say("")
     _say("Where to look next:")
     _say(f"  {api_url}/docs   the API while the demo runs (token {api_token})")
-    _say(f"  {api_url}/console   the alert console (sign in with that token)")
+    _say(f"  {api_url}/console   the alert console, with that token (served again as below)")
     _say(
         f"  URBANPULSE_DATABASE_URL={settings.database_url} urbanpulse api   "
         "serves the demo's data again afterwards"
