@@ -10,16 +10,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
 
-from rules.model import catalogue_files, load_rules
+from rules.model import Rule, catalogue_files, load_rules
 from rules.notify.config import load_config
 from rules.notify.service import Context, plan
+from rules.runner import run_pass
 from simulators.run import Plan
 from tests.services import SERVER_URL, free_port, scratch_database
 from tests.test_rules_scenarios import evaluate_all, load
@@ -113,3 +114,30 @@ def notification_link(server: ApiServer, alert_id: int) -> str:
     # the message is signed per alert and department
     assert len(mine) == 1, (alert_id, found, bodies)
     return str(mine[0])
+
+
+PONDING_POINT = "fl-lc-honghe"
+
+
+def raise_ponding(server: ApiServer) -> Rule:
+    """Water stands 30 cm deep at a carriageway point after the scenario; the rule engine
+    raises the ponding alert on it (its department: 区住房城乡建委). Returns the rule."""
+    rule = next(r for r in CATALOGUE.rules if r.id == "flood.ponding_15cm")
+    end = datetime.fromtimestamp(server.plan.end, UTC)
+    with psycopg.connect(server.db_url) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO readings (device_id, metric, ts, value) VALUES (%s, 'depth', %s, %s)",
+                [(PONDING_POINT, end + timedelta(minutes=m), 30.0) for m in range(1, 12)],
+            )
+        conn.commit()
+        report = run_pass(
+            conn,
+            [rule],
+            default_registry(),
+            now=end + timedelta(minutes=12),
+            lateness_s=0,
+            since=end,
+        )
+        assert not report.failed
+    return rule

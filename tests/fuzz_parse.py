@@ -30,6 +30,7 @@ DEVICES = {
     "pk1": DeviceRef("pk1", "parking"),
 }
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+MS = int((NOW - timedelta(minutes=1)).timestamp() * 1000)  # a good measurement time, epoch ms
 
 
 def _parse(topic: str, payload: bytes) -> ParseOutcome:
@@ -85,10 +86,6 @@ def fuzz_one(data: bytes) -> None:
     check(topic, payload)
 
 
-def _epoch_ms(ts: datetime) -> int:
-    return int(ts.timestamp() * 1000)
-
-
 SEEDS = {
     # one of each payload form of the contract, and the classic mistakes
     "values": b'{"ts": %d, "values": {"pm25": 35.5, "pm10": 60, "o3": 80}}',
@@ -103,9 +100,8 @@ SEEDS = {
 def write_seeds(folder: Path) -> None:
     out = folder
     out.mkdir(parents=True, exist_ok=True)
-    ms = _epoch_ms(NOW - timedelta(minutes=1))
     for name, body in SEEDS.items():
-        data = body % ms if b"%d" in body else body
+        data = body % MS if b"%d" in body else body
         (out / name).write_bytes(b"\x00" + data)
 
 

@@ -22,8 +22,15 @@ import pytest
 
 from api.alert_series import window
 from rules.aqi import iaqi, load_standard
-from rules.runner import run_pass
-from tests.apiserver import CATALOGUE, ApiServer, api_server, notification_link, start_api
+from tests.apiserver import (
+    CATALOGUE,
+    PONDING_POINT,
+    ApiServer,
+    api_server,
+    notification_link,
+    raise_ponding,
+    start_api,
+)
 from urbanpulse.contract import default_registry
 from urbanpulse.db.tokens import Role, create_token
 from urbanpulse.links import link_key, sign
@@ -689,28 +696,11 @@ def test_the_stream_delivers_an_alert_raised_by_the_rule_engine(server: ApiServe
     ).start()
     assert q.get(timeout=10) == ("status", 200)
     assert q.get(timeout=10)[0] == "comment"  # ": live": from here on, events are live
-    # water stands 30 cm deep at a carriageway point after the scenario: the engine raises it
-    end = datetime.fromtimestamp(server.plan.end, UTC)
-    with psycopg.connect(server.db_url) as conn:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO readings (device_id, metric, ts, value) VALUES (%s, 'depth', %s, %s)",
-                [("fl-lc-honghe", end + timedelta(minutes=m), 30.0) for m in range(1, 12)],
-            )
-        conn.commit()
-        report = run_pass(
-            conn,
-            [r for r in CATALOGUE.rules if r.id == "flood.ponding_15cm"],
-            default_registry(),
-            now=end + timedelta(minutes=12),
-            lateness_s=0,
-            since=end,
-        )
-        assert not report.failed
+    raise_ponding(server)
     firing = _next_event(
         q, lambda d: d["rule_id"] == "flood.ponding_15cm" and d["kind"] == "firing"
     )
-    assert firing["entity"] == "fl-lc-honghe" and firing["status"] == "firing"
+    assert firing["entity"] == PONDING_POINT and firing["status"] == "firing"
     assert firing["owner"] == "区住房城乡建委" and firing["detail"]["value"] == 30.0
     # someone acknowledges: the stream says so too
     with server.client("operator") as c:

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,9 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from rules.aqi import iaqi, load_standard
-from rules.runner import run_pass
-from tests.apiserver import CATALOGUE, ApiServer, api_server, notification_link
+from tests.apiserver import PONDING_POINT, ApiServer, api_server, notification_link, raise_ponding
 from tests.services import free_port
 from urbanpulse import serve
-from urbanpulse.contract import default_registry
 from urbanpulse.db.tokens import Role, create_token
 
 AIR = "区生态环境局"
@@ -194,26 +191,8 @@ def test_a_new_alert_appears_live_and_leaves_when_resolved(
     page = open_page(browser, PHONE, is_mobile=True, has_touch=True)
     sign_in(page, server, "operator")
     before = page.locator("article.alert").count()
-    # water stands 30 cm deep at a carriageway point after the scenario: the engine raises it
-    end = datetime.fromtimestamp(server.plan.end, UTC)
-    rule = next(r for r in CATALOGUE.rules if r.id == "flood.ponding_15cm")
-    with psycopg.connect(server.db_url) as conn:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO readings (device_id, metric, ts, value) VALUES (%s, 'depth', %s, %s)",
-                [("fl-lc-honghe", end + timedelta(minutes=m), 30.0) for m in range(1, 12)],
-            )
-        conn.commit()
-        report = run_pass(
-            conn,
-            [rule],
-            default_registry(),
-            now=end + timedelta(minutes=12),
-            lateness_s=0,
-            since=end,
-        )
-        assert not report.failed
-    raised = page.locator("article.alert").filter(has_text="fl-lc-honghe")
+    rule = raise_ponding(server)
+    raised = page.locator("article.alert").filter(has_text=PONDING_POINT)
     expect(raised).to_have_count(1, timeout=15_000)
     expect(raised.locator("h3")).to_have_text(rule.title.zh)
     expect(raised).to_contain_text("30")

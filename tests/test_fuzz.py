@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz_parse import LIMITS, NOW, PREFIX, check, fuzz_one, write_seeds
+from tests.fuzz_parse import LIMITS, MS, PREFIX, check, fuzz_one, write_seeds
 from tests.pipeline import InThreadIngest, publish, settings_for, stored, wait_until
 from tests.services import Mosquitto
 from tests.streams import DEVICES
@@ -27,7 +27,6 @@ from urbanpulse.contract.model import Reason
 from urbanpulse.db.devices import upsert_devices
 
 ROOT = Path(__file__).resolve().parent.parent
-MS = int(NOW.timestamp() * 1000) - 60_000
 TOPICS = [
     f"{PREFIX}/air/aq1",
     f"{PREFIX}/water/wn1",

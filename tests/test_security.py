@@ -8,10 +8,8 @@ TLS with a private CA."""
 from __future__ import annotations
 
 import csv
-import os
 import queue
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from pydantic import ValidationError
 from tests.pipeline import InThreadIngest, publish, settings_for, stored, wait_until
 from tests.services import Mosquitto, free_port, scratch_database
 from tests.streams import DEVICES, steady_stream
+from tests.test_cli import cli
 from urbanpulse.broker import parse_broker_url
 from urbanpulse.credentials import (
     Account,
@@ -63,29 +62,12 @@ class Secured:
 
 def credentials(db_url: str, out: Path, prefix: str, group: str, *extra: str) -> str:
     """Run the real command; returns what it printed."""
-    env = dict(
-        os.environ,
-        URBANPULSE_DATABASE_URL=db_url,
-        URBANPULSE_TOPIC_PREFIX=prefix,
-        URBANPULSE_INGEST_GROUP=group,
-    )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "urbanpulse.cli",
-            "devices",
-            "credentials",
-            "--out",
-            str(out),
-            *extra,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {
+        "URBANPULSE_DATABASE_URL": db_url,
+        "URBANPULSE_TOPIC_PREFIX": prefix,
+        "URBANPULSE_INGEST_GROUP": group,
+    }
+    done = cli("devices", "credentials", "--out", str(out), *extra, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
