@@ -43,7 +43,17 @@ def gone_topic(settings: Settings, client_id: str = "+") -> str:
     return f"urbanpulse/ingest/{settings.ingest_group}/gone/{client_id}"
 
 
+def back_topic(settings: Settings, client_id: str) -> str:
+    """Where a worker says it is connected (again), on every connection."""
+    return f"urbanpulse/ingest/{settings.ingest_group}/back/{client_id}"
+
+
+def control_filter(settings: Settings) -> str:
+    return f"urbanpulse/ingest/{settings.ingest_group}/+/+"
+
+
 ADOPT_QUIET_S = 2.0  # an adopted session is drained once nothing came for this long
+ADOPT_GRACE_S = 5.0  # after a will, wait this long for the worker to say it is back
 
 
 def _ack_via(sessions: dict[str, MqttSource], msg: InboundMessage) -> bool:
@@ -52,39 +62,69 @@ def _ack_via(sessions: dict[str, MqttSource], msg: InboundMessage) -> bool:
     return src.ack(msg) if src is not None else False
 
 
-def _tend_adoptions(
-    gone: queue.SimpleQueue[str],
-    own_id: str,
-    adopted: dict[str, MqttSource],
-    sessions: dict[str, MqttSource],
-    make: Callable[..., MqttSource],
-) -> None:
-    """Take over the sessions of peers that are gone; end those drained or taken back."""
-    while True:
-        try:
-            dead = gone.get_nowait()
-        except queue.Empty:
-            break
-        if dead == own_id or dead in adopted or not dead:
-            continue
-        log.warning("ingest worker %s is gone; draining its session", dead)
-        adopted[dead] = sessions[dead] = make(dead, adopting=True)
-        adopted[dead].start()
-    for dead, src in list(adopted.items()):
-        if src.taken_over:
-            src.stop()
-        elif src.drained(ADOPT_QUIET_S):
-            log.warning(
-                "drained the session of %s (%d message(s)); ended it, its share goes to the "
-                "live workers",
-                dead,
-                src.received,
-            )
-            src.end_session()
-        else:
-            continue
-        del adopted[dead]
-        sessions.pop(dead, None)
+class Adoptions:
+    """The sessions of peers that are gone, taken over until drained.
+
+    `notice` is called from the network thread with what a control topic said ("gone" from a
+    will, "back" from a worker that connected); `tend`, from the main loop, adopts the peers
+    that were said gone and did not come back within `grace_s`, and ends the adoptions that
+    are drained or were taken back by their owner."""
+
+    def __init__(
+        self,
+        own_id: str,
+        sessions: dict[str, MqttSource],
+        make: Callable[..., MqttSource],
+        grace_s: float = ADOPT_GRACE_S,
+    ) -> None:
+        self.own_id, self.sessions, self.make, self.grace_s = own_id, sessions, make, grace_s
+        self.notices: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self.due: dict[str, float] = {}  # peer said gone → when to adopt it
+        self.adopted: dict[str, MqttSource] = {}
+
+    def notice(self, kind: str, peer: str) -> None:
+        self.notices.put((kind, peer))
+
+    def tend(self) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                kind, peer = self.notices.get_nowait()
+            except queue.Empty:
+                break
+            if peer == self.own_id or not peer:
+                continue
+            if kind == "gone" and peer not in self.adopted and peer not in self.due:
+                log.info(
+                    "ingest worker %s may be gone; adopting its session in %.0f s",
+                    peer,
+                    self.grace_s,
+                )
+                self.due[peer] = now + self.grace_s
+            elif kind == "back" and self.due.pop(peer, None) is not None:
+                log.info("ingest worker %s is back; nothing to adopt", peer)
+        for dead, at in list(self.due.items()):
+            if at > now:
+                continue
+            del self.due[dead]
+            log.warning("ingest worker %s is gone; draining its session", dead)
+            self.adopted[dead] = self.sessions[dead] = self.make(dead, adopting=True)
+            self.adopted[dead].start()
+        for dead, src in list(self.adopted.items()):
+            if src.taken_over:
+                src.stop()
+            elif src.drained(ADOPT_QUIET_S):
+                log.warning(
+                    "drained the session of %s (%d message(s)); ended it, its share goes to the "
+                    "live workers",
+                    dead,
+                    src.received,
+                )
+                src.end_session()
+            else:
+                continue
+            del self.adopted[dead]
+            self.sessions.pop(dead, None)
 
 
 def run_ingest(
@@ -115,7 +155,6 @@ def run_ingest(
     broker = parse_broker_url(settings.mqtt_url)
     own_id = settings.ingest_client_id or default_client_id(settings.ingest_group, worker_index)
     adopt = settings.ingest_adopt_after_s > 0
-    gone: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     def session(client_id: str, *, adopting: bool) -> MqttSource:
         return MqttSource(
@@ -129,11 +168,15 @@ def run_ingest(
             will_delay_s=settings.ingest_adopt_after_s,
             # an adopted session holds its owner's subscription to the notices too: they are
             # acknowledged and ignored there
-            control_filter=gone_topic(settings) if adopt else None,
-            on_control=None if adopting else gone.put,
+            control_filter=control_filter(settings) if adopt else None,
+            on_control=None if adopting else adoptions.notice,
+            announce_topic=back_topic(settings, client_id) if adopt and not adopting else None,
             adopting=adopting,
         )
 
+    adoptions = Adoptions(
+        own_id, sessions, session, min(ADOPT_GRACE_S, float(settings.ingest_adopt_after_s))
+    )
     source = session(own_id, adopting=False)
     sessions[own_id] = source
 
@@ -165,10 +208,9 @@ def run_ingest(
         source.broker,
     )
     last_log = time.monotonic()
-    adopted: dict[str, MqttSource] = {}
     while not stop.wait(min(settings.ingest_log_interval_s, 1.0)):
         metrics.mqtt_up.set(1 if source.connected.is_set() else 0)
-        _tend_adoptions(gone, own_id, adopted, sessions, session)
+        adoptions.tend()
         if source.fatal:
             stop.set()
             break
@@ -176,7 +218,7 @@ def run_ingest(
             last_log = time.monotonic()
             log.info("ingest: %s", metrics.log_line())
     thread.join()
-    for other in adopted.values():  # not drained yet: let a peer finish it
+    for other in adoptions.adopted.values():  # not drained yet: let a peer finish it
         other.stop(will=True)
     # SIGTERM: if we are not back within the will's delay, a peer drains what our session holds
     source.stop(will=adopt)

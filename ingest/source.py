@@ -14,6 +14,11 @@ adopter unsubscribes at once, so new messages go to the live workers, stores and
 what was queued, then ends the session (expiry 0). If the owner returns meanwhile, it takes its
 session back and the broker redelivers what the adopter had not acknowledged (stored once, by
 the readings' key).
+
+A broker that shuts down sends every will at once, whatever its delay: after a broker restart
+each worker hears that all the others are gone. So a worker announces itself on every
+connection (`announce_topic`), and peers wait a grace period after a will before adopting,
+forgetting it if the worker announced itself meanwhile.
 """
 
 from __future__ import annotations
@@ -66,15 +71,18 @@ class MqttSource:
         will_topic: str | None = None,
         will_delay_s: int = 10,
         control_filter: str | None = None,
-        on_control: Callable[[str], None] | None = None,
+        on_control: Callable[[str, str], None] | None = None,
+        announce_topic: str | None = None,
         adopting: bool = False,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
         self.topic_filter = topic_filter
         self.control_filter = control_filter
-        self._control_prefix = control_filter.removesuffix("+") if control_filter else None
+        # control topics are <prefix><kind>/<client id>, the filter <prefix>+/+
+        self._control_prefix = control_filter.split("+", 1)[0] if control_filter else None
         self._on_control = on_control
+        self._announce_topic = announce_topic
         self.adopting = adopting
         self.unsubscribed = threading.Event()
         self.taken_over = False
@@ -211,6 +219,8 @@ class MqttSource:
             client.subscribe([(self.topic_filter, 1), (self.control_filter, 1)])
         else:
             client.subscribe(self.topic_filter, qos=1)
+        if self._announce_topic:  # "I am here": cancels peers' adoption after a broker restart
+            client.publish(self._announce_topic, self.client_id, qos=1)
 
     def _on_unsubscribe(
         self,
@@ -267,7 +277,8 @@ class MqttSource:
         if self._control_prefix is not None and topic.startswith(self._control_prefix):
             try:
                 if self._on_control is not None:
-                    self._on_control(bytes(message.payload).decode("utf-8", "replace"))
+                    kind = topic[len(self._control_prefix) :].split("/", 1)[0]
+                    self._on_control(kind, bytes(message.payload).decode("utf-8", "replace"))
             except Exception:
                 log.exception("control message on %s", topic[:200])
             client.ack(message.mid, message.qos)

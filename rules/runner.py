@@ -31,6 +31,7 @@ from rules.model import Rule, RuleSet
 from rules.recording import Record, covered, run_record, source_of
 from rules.store import AlertMeta, advance_many, load_states
 from urbanpulse.contract.registry import Registry
+from urbanpulse.db.connect import keep_connected
 
 log = logging.getLogger(__name__)
 
@@ -522,7 +523,7 @@ def run_pass(
 
 
 def run_forever(
-    conn: psycopg.Connection[Any],
+    database_url: str,
     rules: RuleSet | list[Rule],
     registry: Registry,
     *,
@@ -532,7 +533,11 @@ def run_forever(
     stop: threading.Event,
     tz: str = "Asia/Shanghai",
 ) -> None:
-    while not stop.is_set():
+    """A pass every `interval_s`, reconnecting whenever the database goes away. A pass cut off
+    midway loses nothing: each rule's evaluation commits its transitions with its watermark, so
+    the next pass starts where the last commit left it."""
+
+    def one_pass(conn: psycopg.Connection[Any]) -> float:
         report = run_pass(
             conn,
             rules,
@@ -549,4 +554,6 @@ def run_forever(
             sum(r.transitions for r in report.rules),
             len(report.failed),
         )
-        stop.wait(interval_s)
+        return interval_s
+
+    keep_connected(database_url, one_pass, stop=stop, what="rules", log=log)

@@ -4,11 +4,19 @@ paho's network loop runs in the publishing thread (`client.loop(0)` between publ
 than in a background thread: with both threads busy, the GIL hand-over halves the QoS 1 rate
 (about 5 k against 10 k msg/s per connection on the reference machine). Callers that wait
 between rounds call `idle()` so that acknowledgements and keep-alives are still served.
+
+A QoS 1 message the broker acknowledges with reason 0x10, "no matching subscribers", reached
+nobody: it is kept and sent again. That happens right after a broker restart, before the
+ingest workers have subscribed again (Mosquitto does not restore shared subscriptions from its
+persistence file), and would otherwise lose the messages of those seconds. What still finds no
+subscriber after `UNCLAIMED_GIVE_UP_S` is dropped with a warning (no ingest is running).
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from types import TracebackType
 
 import paho.mqtt.client as mqtt
@@ -22,6 +30,11 @@ from urbanpulse.errors import ConfigError
 
 LOOP_EVERY = 50  # publishes between two turns of the network loop
 FLUSH_AT = 20000  # pending messages that trigger a wait for the broker's acknowledgements
+NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT 5 PUBACK reason code
+RESEND_AFTER_S = 0.5  # wait before sending a message nobody took again
+UNCLAIMED_GIVE_UP_S = 30.0  # then drop it: nobody subscribes to the topic
+
+log = logging.getLogger(__name__)
 
 
 class Publisher:
@@ -38,12 +51,17 @@ class Publisher:
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
+        self.client.on_publish = self._on_publish
         self.broker = broker
         self.qos = qos
         self._pending: list[mqtt.MQTTMessageInfo] = []
         self._refused: str | None = None
         self._since_loop = 0
         self.published = 0
+        self.resent = 0  # sent again after "no matching subscribers"
+        self.unclaimed = 0  # dropped after UNCLAIMED_GIVE_UP_S without a subscriber
+        self._inflight: dict[int, tuple[str, bytes, float]] = {}  # mid → message, first refusal
+        self._refused_msgs: deque[tuple[float, str, bytes, float]] = deque()  # due, message
 
     def _on_connect(
         self,
@@ -55,6 +73,44 @@ class Publisher:
     ) -> None:
         if reason.is_failure:
             self._refused = str(reason)
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        sent = self._inflight.pop(mid, None)
+        if sent is None or reason.value != NO_MATCHING_SUBSCRIBERS:
+            return
+        topic, payload, first = sent
+        now = time.monotonic()
+        self._refused_msgs.append((now + RESEND_AFTER_S, topic, payload, first or now))
+
+    def _send(self, topic: str, payload: bytes, first_refused: float = 0.0) -> None:
+        info = self.client.publish(topic, payload, qos=self.qos)
+        if self.qos > 0:
+            self._inflight[info.mid] = (topic, payload, first_refused)
+        self._pending.append(info)
+
+    def _resend_due(self) -> None:
+        now = time.monotonic()
+        while self._refused_msgs and self._refused_msgs[0][0] <= now:
+            _, topic, payload, first = self._refused_msgs.popleft()
+            if now - first > UNCLAIMED_GIVE_UP_S:
+                self.unclaimed += 1
+                if self.unclaimed == 1:
+                    log.warning(
+                        "no subscriber for %s for %.0f s: dropping what nobody takes "
+                        "(is an ingest worker running?)",
+                        topic,
+                        UNCLAIMED_GIVE_UP_S,
+                    )
+                continue
+            self.resent += 1
+            self._send(topic, payload, first)
 
     def __enter__(self) -> Publisher:
         try:
@@ -85,6 +141,8 @@ class Publisher:
         """One turn of the network loop; reconnects (with backoff) if the broker went away."""
         rc = self.client.loop(timeout)
         if rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+            if self._refused_msgs:
+                self._resend_due()
             return
         backoff = Backoff(initial=0.2, maximum=5.0)
         deadline = time.monotonic() + 60
@@ -98,7 +156,7 @@ class Publisher:
         raise ConfigError(f"lost the MQTT broker at {self.broker} and could not reconnect")
 
     def publish(self, topic: str, payload: bytes) -> None:
-        self._pending.append(self.client.publish(topic, payload, qos=self.qos))
+        self._send(topic, payload)
         self.published += 1
         self._since_loop += 1
         if self._since_loop >= LOOP_EVERY:
@@ -117,9 +175,9 @@ class Publisher:
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until the broker has acknowledged everything published so far."""
         deadline = time.monotonic() + timeout
-        while self._pending:
+        while self._pending or self._refused_msgs:
             self._pending = [i for i in self._pending if not i.is_published()]
-            if not self._pending:
+            if not self._pending and not self._refused_msgs:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(

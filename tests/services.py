@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -183,3 +184,84 @@ class TcpProxy:
         self._closed = True
         self.cut()
         self.listener.close()
+
+
+def _postgres_bin(name: str) -> str:
+    """A server binary of the newest installed PostgreSQL (Debian keeps them off PATH)."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: p.parts[-3])
+    if found:
+        return str(found[-1])
+    on_path = shutil.which(name)
+    if on_path:
+        return on_path
+    raise RuntimeError(f"PostgreSQL's {name} is not installed (apt install postgresql)")
+
+
+class PostgresCluster:
+    """A PostgreSQL server of the tests' own (initdb in a fresh directory, a free port), so
+    that a test may stop, crash and restart it. PostgreSQL refuses to run as root: under root
+    the cluster belongs to the `postgres` user."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="up-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "server.log"
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            self._as = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._run(
+            _postgres_bin("initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *argv: str) -> None:
+        done = subprocess.run([*self._as, *argv], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:2])} failed: {done.stderr or done.stdout}")
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
+            "-c max_connections=60 -c shared_buffers=64MB"
+        )
+        self._run(
+            _postgres_bin("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        """`fast` is an orderly shutdown; `immediate` is a crash (recovery from WAL on start)."""
+        self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self, mode: str = "immediate") -> None:
+        self.stop(mode)
+        self.start()
+
+    def destroy(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -355,8 +355,8 @@ def cmd_rules_run(args: argparse.Namespace) -> int:
         if until.tzinfo is None:
             raise UrbanPulseError("--until needs a timezone, e.g. 2026-11-21T00:00+08:00")
         now = min(now, until + timedelta(seconds=args.lateness))
-    with connect(settings.database_url) as conn:
-        if args.once:
+    if args.once:
+        with connect(settings.database_url) as conn:
             report = run_pass(
                 conn,
                 found,
@@ -366,35 +366,35 @@ def cmd_rules_run(args: argparse.Namespace) -> int:
                 since=since,
                 tz=settings.timezone,
             )
-            for r in report.rules:
-                if r.busy:
-                    print(f"  {r.rule_id:<26} busy: another runner has its turn")
-                    continue
-                status = f"FAILED {r.error}" if r.error else "ok"
-                if r.record:
-                    print(
-                        f"  {r.rule_id:<26} record {r.evaluations:>8} rows written"
-                        f"{'':>27}{r.duration_ms:7.0f} ms  {status}"
-                    )
-                    continue
+        for r in report.rules:
+            if r.busy:
+                print(f"  {r.rule_id:<26} busy: another runner has its turn")
+                continue
+            status = f"FAILED {r.error}" if r.error else "ok"
+            if r.record:
                 print(
-                    f"  {r.rule_id:<26} {r.entities:>6} entities {r.evaluations:>8} evaluations "
-                    f"{r.transitions:>5} transitions  {r.duration_ms:7.0f} ms  {status}"
+                    f"  {r.rule_id:<26} record {r.evaluations:>8} rows written"
+                    f"{'':>27}{r.duration_ms:7.0f} ms  {status}"
                 )
-            print(f"evaluated up to {report.watermark.isoformat(timespec='seconds')}")
-            return 1 if report.failed else 0
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        run_forever(
-            conn,
-            found,
-            registry,
-            interval_s=args.interval,
-            lateness_s=args.lateness,
-            since=since,
-            stop=stop,
-            tz=settings.timezone,
-        )
+                continue
+            print(
+                f"  {r.rule_id:<26} {r.entities:>6} entities {r.evaluations:>8} evaluations "
+                f"{r.transitions:>5} transitions  {r.duration_ms:7.0f} ms  {status}"
+            )
+        print(f"evaluated up to {report.watermark.isoformat(timespec='seconds')}")
+        return 1 if report.failed else 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    run_forever(
+        settings.database_url,
+        found,
+        registry,
+        interval_s=args.interval,
+        lateness_s=args.lateness,
+        since=since,
+        stop=stop,
+        tz=settings.timezone,
+    )
     return 0
 
 
@@ -511,18 +511,24 @@ def cmd_notify(args: argparse.Namespace) -> int:
     off = [n for n, c in ctx.config.channels.items() if not c.resolved_url()]
     if off:
         log.warning("channels off (their URL variable is not set): %s", ", ".join(off))
-    with connect(settings.database_url) as conn:
-        if args.once:
+    if args.once:
+        with connect(settings.database_url) as conn:
             got = run_once(conn, ctx, datetime.now(UTC))
-            print(", ".join(f"{k} {v}" for k, v in got.items()))
-            return 0
-        if settings.metrics_port:
-            start_http_server(settings.metrics_port, addr="127.0.0.1", registry=notify_registry)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        log.info("notifier running (every %.0f s)", args.interval)
-        run_forever(conn, ctx, stop=stop, interval_s=args.interval, clock=lambda: datetime.now(UTC))
+        print(", ".join(f"{k} {v}" for k, v in got.items()))
+        return 0
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=notify_registry)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    log.info("notifier running (every %.0f s)", args.interval)
+    run_forever(
+        settings.database_url,
+        ctx,
+        stop=stop,
+        interval_s=args.interval,
+        clock=lambda: datetime.now(UTC),
+    )
     return 0
 
 

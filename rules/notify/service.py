@@ -54,7 +54,7 @@ from rules.notify.core import (
 from rules.notify.digest import build, digest_key
 from urbanpulse import links
 from urbanpulse.contract.registry import default_registry
-from urbanpulse.db.connect import connect
+from urbanpulse.db.connect import CONNECTION_LOST, connect, keep_connected
 from urbanpulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -738,25 +738,27 @@ def run_once(conn: Conn, ctx: Context, now: datetime) -> dict[str, int]:
 
 
 def run_forever(
-    conn: Conn,
+    database_url: str,
     ctx: Context,
     *,
     stop: threading.Event,
     interval_s: float = 2.0,
     clock: Callable[[], datetime],
 ) -> None:
-    while not stop.is_set():
+    """A pass every `interval_s`, reconnecting whenever the database goes away (a message whose
+    sending was cut off is sent again after its lease, under the same idempotency key)."""
+
+    def one_pass(conn: Conn) -> float:
         try:
             got = run_once(conn, ctx, clock())
-        except psycopg.OperationalError as exc:
-            log.error("notifier: database trouble, retrying: %s", exc)
-            stop.wait(min(30.0, interval_s * 5))
-            continue
+        except CONNECTION_LOST:
+            raise
         except Exception:  # a bug in one pass must not end delivery: log it and go on
             log.exception("notifier: pass failed; retrying")
             conn.rollback()
-            stop.wait(min(30.0, interval_s * 5))
-            continue
+            return min(30.0, interval_s * 5)
         if any(got.values()):
             log.info("notifier: %s", ", ".join(f"{k} {v}" for k, v in got.items()))
-        stop.wait(interval_s)
+        return interval_s
+
+    keep_connected(database_url, one_pass, stop=stop, what="notifier", log=log)

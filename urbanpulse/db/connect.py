@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
+from urbanpulse.backoff import Backoff
 from urbanpulse.errors import DatabaseAuthError, DatabaseUnavailable
 
 CONNECT_TIMEOUT_S = 5
@@ -77,3 +83,52 @@ def drop_database(url: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+# What a lost or restarted server looks like to a client: the connection is unusable and a new
+# one is the cure. (A query error inside a healthy session is not in this list.)
+CONNECTION_LOST = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable)
+
+
+def keep_connected(
+    url: str,
+    step: Callable[[psycopg.Connection[Any]], float],
+    *,
+    stop: threading.Event,
+    what: str,
+    log: logging.Logger,
+    max_backoff_s: float = 15.0,
+) -> None:
+    """Call `step(conn)` until `stop` is set, waiting the seconds it returns between calls.
+
+    A long-running service must outlive its database: when the server restarts, fails over or
+    the network drops the connection, the connection is thrown away and a new one opened with
+    backoff (0.5 s doubling to `max_backoff_s`), and `step` runs again on it. Wrong credentials
+    are not retried (DatabaseAuthError): an operator has to act."""
+    backoff = Backoff(initial=0.5, maximum=max_backoff_s)
+    conn: psycopg.Connection[Any] | None = None
+    lost_since = False
+    try:
+        while not stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = connect(url)
+                    if lost_since:
+                        log.warning("%s: database back at %s", what, where(url))
+                        lost_since = False
+                wait = step(conn)
+                backoff.reset()
+            except CONNECTION_LOST as exc:
+                wait = backoff.delay()
+                text = str(exc).strip()
+                first = text.splitlines()[0] if text else type(exc).__name__
+                log.error("%s: database connection lost (%s); retry in %.1f s", what, first, wait)
+                lost_since = True
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+                    conn = None
+            stop.wait(wait)
+    finally:
+        if conn is not None and not conn.closed:
+            conn.close()
