@@ -48,9 +48,22 @@ class IngestMetrics:
             "Messages received and not yet acknowledged",
             registry=r,
         )
+        self.last_store = Gauge(
+            "urbanpulse_ingest_last_store_timestamp_seconds",
+            "When a batch was last committed (Unix time): with unacknowledged messages, a value "
+            "that stops moving means the database is stalled",
+            registry=r,
+        )
         self.db_up = Gauge(
             "urbanpulse_ingest_database_up", "1 when the last store succeeded", registry=r
         )
+        self.broker_stored = Gauge(
+            "urbanpulse_broker_stored_messages",
+            "Messages the broker holds (queued for sessions, in flight, retained), as it "
+            "reports in $SYS/broker/store/messages/count; -1 until it has said",
+            registry=r,
+        )
+        self.broker_stored.set(-1)
         self.mqtt_up = Gauge(
             "urbanpulse_ingest_broker_connected", "1 while connected to the broker", registry=r
         )
@@ -74,6 +87,7 @@ class IngestMetrics:
 
     def log_line(self) -> str:
         snap = self.snapshot()
+        stored = self.broker_stored_value()
         reasons = ", ".join(
             f"{k.split('.', 1)[1]}={int(v)}"
             for k, v in sorted(snap.items())
@@ -87,4 +101,9 @@ class IngestMetrics:
             f"{' (' + reasons + ')' if reasons else ''} "
             f"db_errors={int(snap.get('db_errors', 0))} "
             f"unacked={int(self.backlog_value())}"
+            + (f" broker_stored={int(stored)}" if stored >= 0 else "")
         )
+
+    def broker_stored_value(self) -> float:
+        value = self.registry.get_sample_value("urbanpulse_broker_stored_messages")
+        return -1.0 if value is None else value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -150,11 +151,16 @@ def run_ingest(
         ack=lambda msg: _ack_via(sessions, msg),
         metrics=metrics,
         device_refresh_s=settings.ingest_device_refresh_s,
+        max_held=settings.ingest_max_inflight,
     )
     worker.connection()  # fail fast on a wrong URL or credentials, before taking messages
     broker = parse_broker_url(settings.mqtt_url)
     own_id = settings.ingest_client_id or default_client_id(settings.ingest_group, worker_index)
     adopt = settings.ingest_adopt_after_s > 0
+
+    def on_broker_stat(topic: str, value: str) -> None:
+        with contextlib.suppress(ValueError):
+            metrics.broker_stored.set(float(value))
 
     def session(client_id: str, *, adopting: bool) -> MqttSource:
         return MqttSource(
@@ -171,6 +177,7 @@ def run_ingest(
             control_filter=control_filter(settings) if adopt else None,
             on_control=None if adopting else adoptions.notice,
             announce_topic=back_topic(settings, client_id) if adopt and not adopting else None,
+            on_broker_stat=None if adopting else on_broker_stat,
             adopting=adopting,
         )
 

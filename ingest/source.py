@@ -51,6 +51,9 @@ FATAL_CONNACK = {
     0x8C: "bad authentication method",
 }
 KEEPALIVE_S = 30
+# Mosquitto's count of the messages it holds (queued for sessions, in flight, retained),
+# published every `sys_interval` (10 s by default): the backlog while ingest cannot keep up
+BROKER_STATS = "$SYS/broker/store/messages/count"
 # connection generations are unique in the process: an adopter that takes the same session
 # again must not accept acknowledgements meant for its previous connection (packet ids repeat)
 _GENERATIONS = itertools.count(1)
@@ -73,6 +76,7 @@ class MqttSource:
         control_filter: str | None = None,
         on_control: Callable[[str, str], None] | None = None,
         announce_topic: str | None = None,
+        on_broker_stat: Callable[[str, str], None] | None = None,
         adopting: bool = False,
     ) -> None:
         self.broker = broker
@@ -83,6 +87,7 @@ class MqttSource:
         self._control_prefix = control_filter.split("+", 1)[0] if control_filter else None
         self._on_control = on_control
         self._announce_topic = announce_topic
+        self._on_broker_stat = on_broker_stat
         self.adopting = adopting
         self.unsubscribed = threading.Event()
         self.taken_over = False
@@ -219,6 +224,8 @@ class MqttSource:
             client.subscribe([(self.topic_filter, 1), (self.control_filter, 1)])
         else:
             client.subscribe(self.topic_filter, qos=1)
+        if self._on_broker_stat is not None:  # the broker's own backlog, for the metrics
+            client.subscribe(BROKER_STATS, qos=0)
         if self._announce_topic:  # "I am here": cancels peers' adoption after a broker restart
             client.publish(self._announce_topic, self.client_id, qos=1)
 
@@ -274,6 +281,10 @@ class MqttSource:
             topic = message.topic
         except UnicodeDecodeError:  # a topic that is not UTF-8 still ends in quarantine
             topic = message._topic.decode("utf-8", "replace")
+        if topic.startswith("$SYS/"):
+            if self._on_broker_stat is not None:
+                self._on_broker_stat(topic, bytes(message.payload).decode("ascii", "replace"))
+            return
         if self._control_prefix is not None and topic.startswith(self._control_prefix):
             try:
                 if self._on_control is not None:

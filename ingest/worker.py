@@ -1,9 +1,12 @@
 """The ingest worker: batch, validate, store in one transaction, then acknowledge.
 
 Threads: paho's network thread only converts and enqueues (`offer`); the worker thread owns
-the database connection, validation and acknowledgements. Memory stays bounded because the
-broker never has more than Receive Maximum unacknowledged messages in flight to us, so while
-the database is down the backlog waits in the broker, not here.
+the database connection, validation and acknowledgements. Memory stays bounded: the broker
+should never have more than Receive Maximum unacknowledged messages in flight to us, so while
+the database is down the backlog waits in the broker, not here. Brokers do not all keep to it
+(Mosquitto 2.0.11 was seen holding 7-9 times the quota in flight while acknowledgements flow),
+so `offer` also holds the network thread while `max_held` messages wait here: the socket is
+not read meanwhile and the rest stays with the broker.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class IngestWorker:
         metrics: IngestMetrics | None = None,
         device_refresh_s: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_held: int = 0,
     ) -> None:
         self.database_url = database_url
         self.registry = registry
@@ -102,12 +106,27 @@ class IngestWorker:
         self.devices = DeviceCache(device_refresh_s)
         self._conn: psycopg.Connection[Any] | None = None
         self._backoff = Backoff()
+        self.max_held = max_held  # 0: no bound of our own
+        self._held = 0  # offered and not yet acknowledged (or given up at shutdown)
+        self._room = threading.Condition()
+        self._closing = False
 
     # -- called from the network thread ---------------------------------------------------------
     def offer(self, msg: InboundMessage) -> None:
+        if self.max_held:
+            with self._room:
+                while self._held >= self.max_held and not self._closing:
+                    self._room.wait(1.0)
+                self._held += 1
         self.metrics.received.inc()
         self.metrics.backlog.inc()  # prometheus gauges are thread-safe
         self.inbox.put(msg)
+
+    def _release(self, count: int) -> None:
+        if self.max_held:
+            with self._room:
+                self._held -= count
+                self._room.notify_all()
 
     # -- the worker loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -133,6 +152,9 @@ class IngestWorker:
                 "with the broker and will be redelivered"
             )
         finally:
+            with self._room:  # a network thread held in offer() must not wait for us now
+                self._closing = True
+                self._room.notify_all()
             self.close()
 
     def collect(self, stop: threading.Event) -> list[InboundMessage]:
@@ -195,6 +217,7 @@ class IngestWorker:
                 result = self.store(conn, batch, outcomes)
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
                 self.metrics.db_up.set(1)
+                self.metrics.last_store.set_to_current_time()
                 self._backoff.reset()
                 break
             except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
@@ -219,6 +242,7 @@ class IngestWorker:
         for msg in batch:  # in arrival order, after the commit
             self._ack(msg)
         self.metrics.backlog.dec(len(batch))
+        self._release(len(batch))
         return result
 
     def store(

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,12 +36,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import yaml
 
 from simulators.publisher import Publisher
 from tests.receivers import HttpReceiver
-from tests.services import Mosquitto, PostgresCluster, TcpProxy
+from tests.services import Mosquitto, PostgresCluster, TcpProxy, free_port
 from urbanpulse.broker import parse_broker_url
 from urbanpulse.db.connect import with_database
 from urbanpulse.db.devices import DeviceSpec, upsert_devices
@@ -578,6 +580,204 @@ def run(plan: Plan, workdir: Path, say: Callable[[str], None] = print) -> Outcom
         return r.execute()
     finally:
         r.close()
+
+
+@dataclass
+class Overload:
+    messages: int
+    max_inflight: int
+    pause_s: float
+    expected_readings: int = 0
+    stored_rows: int = 0
+    missing: int = 0
+    publish_rate: float = 0.0  # messages/s the devices sent at
+    rss_idle_mb: float = 0.0  # the ingest worker, warmed up, before the overload
+    rss_peak_mb: float = 0.0
+    unacked_peak: float = 0.0  # from its metrics
+    broker_stored_peak: float = 0.0  # from its metrics ($SYS of the broker)
+    broker_stored_after: float = -1.0
+    db_up_seen_down: bool = False
+    store_age_peak_s: float = 0.0  # how stale the last commit got, from its metrics
+    catch_up_s: float = 0.0  # from the database's return until everything was stored
+    drain_rate: float = 0.0  # readings/s stored while catching up
+    timeline: list[dict[str, float]] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.missing or self.stored_rows != self.expected_readings:
+            out.append(f"{self.missing} readings missing, {self.stored_rows} rows stored")
+        if self.unacked_peak > self.max_inflight:
+            out.append(f"ingest held {self.unacked_peak} unacknowledged > {self.max_inflight}")
+        return out
+
+
+def _metric(port: int, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else float("nan")
+
+
+def overload(
+    workdir: Path,
+    *,
+    messages: int = 60_000,
+    max_inflight: int = 500,
+    pause_s: float = 10.0,
+    say: Callable[[str], None] = print,
+) -> Overload:
+    """One ingest worker; the database frozen (SIGSTOP) while devices publish `messages` as
+    fast as they can, held frozen `pause_s` after that, then thawed: the broker holds the
+    backlog for the worker's persistent session, the worker holds no more than Receive Maximum
+    (`max_inflight`) messages, and everything is stored once it catches up."""
+    out = Overload(messages, max_inflight, pause_s)
+    pg = PostgresCluster()
+    broker = Mosquitto(workdir / "mosquitto", extra_conf="sys_interval 1\n")
+    port = free_port()
+    ingest: Component | None = None
+    try:
+        pg.start()
+        db_url = with_database(pg.url, "urbanpulse")
+        migrate(db_url, load_policy(), timescale_mode="off")
+        meters, _ = _devices(Plan(meters=20))
+        with psycopg.connect(db_url) as conn:
+            upsert_devices(conn, meters)
+        broker.start()
+        env = dict(
+            os.environ,
+            URBANPULSE_DATABASE_URL=db_url,
+            URBANPULSE_MQTT_URL=broker.url,
+            URBANPULSE_TOPIC_PREFIX="yc/v1",
+            URBANPULSE_INGEST_MAX_INFLIGHT=str(max_inflight),
+            URBANPULSE_INGEST_LOG_INTERVAL_S="5",
+            URBANPULSE_METRICS_PORT=str(port),
+        )
+        ingest = Component(
+            "ingest", ["ingest", "--client-id", "overload-0"], env, workdir / "i.log"
+        )
+        ingest.start()
+        deadline = time.monotonic() + 30
+        while "subscribed to" not in ingest.tail(100_000):
+            if time.monotonic() > deadline or not ingest.alive():
+                raise AssertionError(f"ingest did not subscribe:\n{ingest.tail()}")
+            time.sleep(0.2)
+
+        t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+        expected: set[tuple[str, str, int]] = set()
+
+        def batch(first: int, count: int) -> list[tuple[str, bytes]]:
+            out_msgs = []
+            for i in range(first, first + count):
+                m = meters[i % len(meters)]
+                ts = _ms((t0 + timedelta(milliseconds=i)).timestamp())
+                body = {"ts": ts, "values": {"flow": 0.3, "pressure": 0.31, "volume": i * 0.01}}
+                out_msgs.append((f"yc/v1/water/{m.device_id}", json.dumps(body).encode()))
+                expected.update((m.device_id, k, ts) for k in ("flow", "pressure", "volume"))
+            return out_msgs
+
+        def stored() -> int:
+            with psycopg.connect(db_url) as conn:
+                row = conn.execute("SELECT count(*) FROM readings").fetchone()
+            return int(row[0]) if row else 0
+
+        warm = batch(0, 2000)
+        expected.clear()  # the warm-up is not part of the figures
+        _publish(broker.url, warm)
+        while stored() < 6000:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        out.rss_idle_mb = round(ingest.rss_mb(), 1)
+        load = batch(2000, messages)
+        out.expected_readings = len(expected)
+
+        started = time.monotonic()
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                row = {
+                    "t": round(time.monotonic() - started, 2),
+                    "rss_mb": round(ingest.rss_mb(), 1) if ingest else 0.0,
+                    "unacked": _metric(port, "urbanpulse_ingest_unacked_messages"),
+                    "broker_stored": _metric(port, "urbanpulse_broker_stored_messages"),
+                    "db_up": _metric(port, "urbanpulse_ingest_database_up"),
+                    "store_age_s": round(
+                        time.time()
+                        - _metric(port, "urbanpulse_ingest_last_store_timestamp_seconds"),
+                        1,
+                    ),
+                }
+                out.timeline.append(row)
+                sampling.wait(0.5)
+
+        pg.pause()
+        say(f"  database frozen; publishing {messages} messages as fast as possible")
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        publish_started = time.monotonic()
+        _publish(broker.url, load)
+        out.publish_rate = round(messages / (time.monotonic() - publish_started))
+        say(f"  published at {out.publish_rate} msg/s; database still frozen for {pause_s:.0f} s")
+        time.sleep(pause_s)
+        pg.resume()
+        thawed = time.monotonic()
+        say("  database back; catching up")
+        target = len(expected)
+        deadline = time.monotonic() + 300
+        while stored() < target and time.monotonic() < deadline:
+            time.sleep(0.2)
+        out.catch_up_s = round(time.monotonic() - thawed, 1)
+        out.drain_rate = round(messages * 3 / max(out.catch_up_s, 0.1))
+        time.sleep(2.5)  # the broker's $SYS count, every second
+        sampling.set()
+        sampler.join()
+        out.broker_stored_after = _metric(port, "urbanpulse_broker_stored_messages")
+        with psycopg.connect(db_url) as conn:
+            rows = conn.execute(
+                "SELECT device_id, metric, (extract(epoch FROM ts) * 1000)::bigint FROM readings"
+            ).fetchall()
+        got = {(str(d), str(m), int(t)) for d, m, t in rows}
+        out.stored_rows = len(rows) - 6000
+        out.missing = len(expected - got)
+        tl = out.timeline
+        out.rss_peak_mb = max((r["rss_mb"] for r in tl), default=0.0)
+        out.unacked_peak = max((r["unacked"] for r in tl), default=0.0)
+        out.broker_stored_peak = max((r["broker_stored"] for r in tl), default=0.0)
+        out.db_up_seen_down = any(r["db_up"] == 0 for r in tl)
+        out.store_age_peak_s = max((r["store_age_s"] for r in tl), default=0.0)
+        return out
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            pg.resume()
+        if ingest is not None:
+            ingest.stop()
+        broker.stop()
+        pg.destroy()
+
+
+def _publish(broker_url: str, messages: list[tuple[str, bytes]]) -> None:
+    with Publisher(parse_broker_url(broker_url), client_id=f"overload-{os.getpid()}") as pub:
+        for topic, payload in messages:
+            pub.publish(topic, payload)
+
+
+def overload_report(o: Overload) -> str:
+    return "\n".join(
+        [
+            f"overload: {o.messages} messages ({o.expected_readings} readings) published at "
+            f"{o.publish_rate} msg/s into a frozen database, held frozen {o.pause_s:.0f} s more",
+            f"  ingest RSS       {o.rss_idle_mb} MB warmed up, {o.rss_peak_mb} MB at the peak "
+            f"(Receive Maximum {o.max_inflight})",
+            f"  ingest unacked   peak {o.unacked_peak:.0f}",
+            f"  broker backlog   peak {o.broker_stored_peak:.0f} messages, "
+            f"{o.broker_stored_after:.0f} after",
+            f"  database         last commit up to {o.store_age_peak_s} s old; "
+            f"database_up went to 0: {o.db_up_seen_down} (a frozen server refuses nothing)",
+            f"  caught up        {o.catch_up_s} s after the database came back "
+            f"({o.drain_rate} readings/s)",
+            f"  stored           {o.stored_rows} rows, {o.missing} missing",
+            "  result           " + ("OK" if not o.problems() else "; ".join(o.problems())),
+        ]
+    )
 
 
 def report(out: Outcome) -> str:

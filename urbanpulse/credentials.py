@@ -100,8 +100,9 @@ def acl_text(
         f"topic read {prefix}/#",
         "# its will, and other workers' (a peer drains a dead worker's session)",
         "topic readwrite urbanpulse/ingest/#",
-        "# the compose stack's health check",
+        "# the compose stack's health check, and the broker's backlog for the metrics",
         "topic read $SYS/broker/uptime",
+        "topic read $SYS/broker/store/messages/count",
         "",
     ]
     for a in sorted(accounts, key=lambda a: a.device_id):
