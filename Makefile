@@ -7,8 +7,9 @@ SCENARIO ?= demo
 STAMP  := $(VENV)/.installed-stamp
 
 FUZZ_SECONDS ?= 300
+SOAK_SECONDS ?= 600
 
-.PHONY: install test check fmt demo screenshots fuzz clean help
+.PHONY: install test check fmt demo screenshots fuzz soak clean help
 
 help:
 	@echo "make install   create $(VENV) and install UrbanPulse with its dev tools"
@@ -17,6 +18,7 @@ help:
 	@echo "make check     ruff (lint + format check) and mypy --strict"
 	@echo "make screenshots  refresh docs/console/*.png from the console's browser tests"
 	@echo "make fuzz      coverage-guided fuzzing of message validation for FUZZ_SECONDS (default $(FUZZ_SECONDS))"
+	@echo "make soak      the fault-injection run for SOAK_SECONDS (default $(SOAK_SECONDS)), then an overload run"
 
 install: $(STAMP)
 
@@ -48,6 +50,9 @@ fuzz: $(STAMP)
 	@mkdir -p build/fuzz-corpus
 	$(BIN)/python -c 'from pathlib import Path; from tests.fuzz_parse import write_seeds; write_seeds(Path("build/fuzz-corpus"))'
 	$(BIN)/python -m tests.fuzz_parse -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 build/fuzz-corpus
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.faults --duration $(SOAK_SECONDS) --json build/soak.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

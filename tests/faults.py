@@ -814,11 +814,14 @@ def report(out: Outcome) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=600.0, help="seconds of publishing")
     ap.add_argument("--meters", type=int, default=100, help="water meters (messages per second)")
-    ap.add_argument("--fault-every", type=float, default=30.0, help="seconds between faults")
-    ap.add_argument("--json", type=Path, help="write the outcome here")
+    ap.add_argument("--fault-every", type=float, default=60.0, help="seconds between faults")
+    ap.add_argument(
+        "--overload", type=int, default=300_000, help="messages of the overload run (0: skip)"
+    )
+    ap.add_argument("--json", type=Path, help="write the outcomes here")
     args = ap.parse_args(argv)
     plan = Plan(
         duration_s=args.duration,
@@ -828,13 +831,27 @@ def main(argv: list[str] | None = None) -> int:
         fault_every_s=args.fault_every,
         sample_every_s=5.0,
     )
+    print(
+        f"soak: {args.duration:.0f} s at {args.meters} messages/s, a fault every "
+        f"{args.fault_every:.0f} s",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="up-soak-") as tmp:
-        out = run(plan, Path(tmp), print)
-    print(report(out))
+        out = run(plan, Path(tmp), lambda line: print(line, flush=True))
+    print(report(out), flush=True)
+    result: dict[str, Any] = {"soak": asdict(out)}
+    problems = out.problems()
+    if args.overload:
+        with tempfile.TemporaryDirectory(prefix="up-overload-") as tmp:
+            o = overload(Path(tmp), messages=args.overload, pause_s=30.0)
+        print(overload_report(o), flush=True)
+        result["overload"] = asdict(o)
+        problems += o.problems()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(asdict(out), indent=1, ensure_ascii=False))
-    return 1 if out.problems() else 0
+        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False, default=str))
+        print(f"wrote {args.json}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

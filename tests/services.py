@@ -27,6 +27,19 @@ TIMESCALE_URL = os.environ.get(
 )
 
 
+DYNSEC_PLUGIN = next(
+    (
+        str(p)
+        for p in [
+            *sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so")),
+            Path("/usr/lib/mosquitto_dynamic_security.so"),
+        ]
+        if p.exists()
+    ),
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,8 +67,10 @@ class Mosquitto:
         acl_file: Path | None = None,
         port: int | None = None,
         extra_conf: str = "",
+        dynsec_file: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        self.dynsec_file = dynsec_file
         self.port = port or free_port()
         self.password_file = password_file
         self.acl_file = acl_file
@@ -74,7 +89,7 @@ class Mosquitto:
             # started as root, mosquitto would otherwise drop to a user that cannot read tmp
             f"user {getpass.getuser()}\n"
             f"listener {self.port} 127.0.0.1\n"
-            f"allow_anonymous {'false' if self.password_file else 'true'}\n"
+            f"allow_anonymous {'false' if self.password_file or self.dynsec_file else 'true'}\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
@@ -84,6 +99,11 @@ class Mosquitto:
             f"log_dest file {self.workdir}/mosquitto.log\n"
             + (f"password_file {self.password_file}\n" if self.password_file else "")
             + (f"acl_file {self.acl_file}\n" if self.acl_file else "")
+            + (
+                f"plugin {DYNSEC_PLUGIN}\nplugin_opt_config_file {self.dynsec_file}\n"
+                if self.dynsec_file
+                else ""
+            )
             + self.extra_conf
         )
         self.proc = subprocess.Popen(

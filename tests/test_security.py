@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
+from simulators.publisher import Publisher
 from tests.pipeline import InThreadIngest, publish, settings_for, stored, wait_until
 from tests.services import Mosquitto, free_port, scratch_database
 from tests.streams import DEVICES, steady_stream
@@ -103,12 +104,19 @@ class Client:
     """An MQTT v5 client that records what the broker answered and what it delivered."""
 
     def __init__(
-        self, port: int, user: str | None, password: str | None, wait: float = 10.0
+        self,
+        port: int,
+        user: str | None,
+        password: str | None,
+        wait: float = 10.0,
+        client_id: str | None = None,
     ) -> None:
         self.port = port
         self.wait = wait
         self.c = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{free_port()}", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"t-{user}-{free_port()}",
+            protocol=mqtt.MQTTv5,
         )
         if user is not None:
             self.c.username_pw_set(user, password)
@@ -380,3 +388,86 @@ def test_the_pipeline_runs_over_tls_with_a_private_ca(secured: Secured, tmp_path
             assert plain.connack is None
     finally:
         tls.stop()
+
+
+# --- the dynamic-security plugin ----------------------------------------------------------------
+
+
+@pytest.fixture
+def dynsec(secured: Secured, tmp_path: Path) -> Iterator[Secured]:
+    """The same accounts, from dynamic-security.json, in a broker with the plugin."""
+    broker = Mosquitto(tmp_path / "dynsec", dynsec_file=secured.out / "dynamic-security.json")
+    broker.start()
+    try:
+        yield Secured(
+            secured.db_url, broker, secured.prefix, secured.group, secured.out, secured.secrets
+        )
+    finally:
+        broker.stop()
+
+
+def test_dynsec_devices_publish_as_themselves_on_their_own_topic_only(dynsec: Secured) -> None:
+    port = dynsec.broker.port
+    aq1 = dynsec.secrets["aq1"]
+    with Client(port, "ingest", dynsec.secrets["ingest"]) as ingest:
+        assert not refused(ingest.connack)
+        assert not any(refused(rc) for rc in ingest.subscribe(f"{dynsec.prefix}/#"))
+        with Client(port, "aq1", aq1, client_id="aq1") as device:
+            assert device.connack is not None and not refused(device.connack)
+            assert not refused(device.publish(dynsec.topic("air", "aq1")))
+        assert ingest.got.get(timeout=10)[0] == dynsec.topic("air", "aq1")
+        # refused with PUBACK "not authorised" (then Mosquitto may close the connection: a
+        # fresh one for each attempt)
+        for topic in (dynsec.topic("flood", "fl1"), "urbanpulse/ingest/g/gone/x"):
+            with Client(port, "aq1", aq1, client_id="aq1") as device:
+                assert refused(device.publish(topic)), topic
+        assert nothing(ingest.got)
+    # a device connects under its own client id only
+    for client_id in (f"urbanpulse-ingest-{dynsec.group}-host-0", "fl1", None):
+        with Client(port, "aq1", aq1, client_id=client_id) as device:
+            assert device.connack is not None and refused(device.connack), client_id
+    for user, password in ((None, None), ("aq1", "wrong")):
+        with Client(port, user, password, client_id="aq1") as c:
+            assert c.connack is not None and refused(c.connack)
+
+
+def test_dynsec_a_device_may_subscribe_to_nothing(dynsec: Secured) -> None:
+    with Client(dynsec.broker.port, "aq1", dynsec.secrets["aq1"], client_id="aq1") as device:
+        for topic in (
+            f"$share/{dynsec.group}/{dynsec.prefix}/+/+",  # the ingest workers' group
+            dynsec.topic("flood", "fl1"),
+            f"{dynsec.prefix}/#",
+            "#",
+            "$SYS/#",
+        ):
+            assert all(refused(rc) for rc in device.subscribe(topic)), topic
+
+
+def test_dynsec_ingest_loses_nothing_to_a_device_joining_its_group_or_taking_its_id(
+    dynsec: Secured,
+) -> None:
+    """The two attacks the ACL file cannot stop: a device account subscribing to the ingest
+    workers' shared subscription (it would take its turn of the stream), and a device taking
+    over an ingest worker's session by its client id."""
+    port = dynsec.broker.port
+    worker_id = f"w-{dynsec.prefix[:6]}"
+    settings = settings_for(
+        dynsec.db_url, dynsec.url("ingest"), dynsec.prefix, ingest_client_id=worker_id
+    )
+    stream = steady_stream(dynsec.prefix, 60)
+    with InThreadIngest(settings):
+        intruder = Client(port, "aq1", dynsec.secrets["aq1"], client_id="aq1").__enter__()
+        try:
+            intruder.subscribe(f"$share/{settings.ingest_group}/{dynsec.prefix}/+/+")
+            with Client(port, "aq1", dynsec.secrets["aq1"], client_id=worker_id) as thief:
+                assert thief.connack is not None and refused(thief.connack)
+            with Publisher(parse_broker_url(dynsec.url("wn1")), client_id="wn1") as device:
+                for topic, payload in stream.messages:
+                    device.publish(topic, payload)
+            wait_until(
+                lambda: stored(dynsec.db_url) >= stream.readings, timeout=60, what="every reading"
+            )
+            assert nothing(intruder.got)
+        finally:
+            intruder.__exit__()
+    assert stored(dynsec.db_url) == stream.readings

@@ -132,8 +132,10 @@ def cmd_devices_credentials(args: argparse.Namespace) -> int:
             "device its line, then delete the file; they are not kept anywhere else"
         )
     print(
-        "make the broker read them: chgrp mosquitto passwd acl, point password_file and acl_file "
-        "at them (deploy/mosquitto/mosquitto.conf), then reload it (kill -HUP its pid)"
+        "make the broker read them: chgrp mosquitto passwd acl dynamic-security.json, then either "
+        "point password_file and acl_file at the first two and reload it (kill -HUP its pid), or "
+        "load the dynamic-security plugin with the third and restart it "
+        "(deploy/mosquitto/mosquitto.conf)"
     )
     return 0
 

@@ -19,6 +19,7 @@ import base64
 import csv
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
@@ -49,6 +50,7 @@ class Outcome:
     removed: list[str] = field(default_factory=list)
     passwd: Path | None = None
     acl: Path | None = None
+    dynsec: Path | None = None
     secrets_file: Path | None = None
 
 
@@ -147,6 +149,79 @@ def _secrets_file(out: Path, created: dict[str, str], accounts: list[Account], p
     return Path(name)
 
 
+def dynsec_config(
+    hashes: dict[str, str],
+    accounts: Iterable[Account],
+    *,
+    prefix: str,
+    ingest_user: str,
+    ingest_group: str,
+) -> dict[str, object]:
+    """The same accounts for Mosquitto's dynamic-security plugin, which checks what the ACL
+    file cannot: subscriptions (a device may subscribe to nothing, so it cannot join the
+    ingest workers' shared subscription and take its turn of the stream) and client ids (a
+    device connects only as itself, so it cannot take over an ingest worker's session). The
+    ingest account keeps any client id: a worker adopts a dead peer's session by its id."""
+
+    def login(user: str) -> dict[str, object]:
+        _, _, iterations, salt, digest = hashes[user].split("$")
+        return {"password": digest, "salt": salt, "iterations": int(iterations)}
+
+    def allow(kind: str, topic: str) -> dict[str, object]:
+        return {"acltype": kind, "topic": topic, "priority": 0, "allow": True}
+
+    clients: list[dict[str, object]] = [
+        {
+            "username": ingest_user,
+            "textname": "UrbanPulse ingest workers",
+            **login(ingest_user),
+            "roles": [{"rolename": "urbanpulse-ingest", "priority": 0}],
+        }
+    ]
+    roles: list[dict[str, object]] = [
+        {
+            "rolename": "urbanpulse-ingest",
+            "textname": "reads every device topic, publishes on none",
+            "acls": [
+                allow("subscribePattern", f"$share/{ingest_group}/{prefix}/#"),
+                allow("subscribePattern", f"{prefix}/#"),
+                allow("subscribePattern", "urbanpulse/ingest/#"),
+                allow("publishClientSend", "urbanpulse/ingest/#"),
+                allow("subscribeLiteral", "$SYS/broker/uptime"),
+                allow("subscribeLiteral", "$SYS/broker/store/messages/count"),
+            ],
+        }
+    ]
+    for a in sorted(accounts, key=lambda a: a.device_id):
+        role = f"device-{a.device_id}"
+        clients.append(
+            {
+                "username": a.device_id,
+                "clientid": a.device_id,  # connects as itself only
+                **login(a.device_id),
+                "roles": [{"rolename": role, "priority": 0}],
+            }
+        )
+        roles.append(
+            {
+                "rolename": role,
+                "acls": [allow("publishClientSend", f"{prefix}/{a.domain}/{a.device_id}")],
+            }
+        )
+    return {
+        # what no role grants is refused, but for receiving what one's subscriptions match
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": True,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+        "clients": clients,
+        "groups": [],
+        "roles": roles,
+    }
+
+
 def write_credentials(
     out: Path,
     accounts: list[Account],
@@ -157,8 +232,10 @@ def write_credentials(
     rotate: Iterable[str] = (),
     rotate_all: bool = False,
 ) -> Outcome:
-    """Write `out/passwd`, `out/acl` and, when passwords were made, `out/new-secrets-<time>.csv`
-    (mode 600: hand each device its line, then delete the file)."""
+    """Write `out/passwd` and `out/acl` (for Mosquitto's password and ACL files), the same
+    accounts as `out/dynamic-security.json` (for its dynamic-security plugin, which also checks
+    subscriptions and client ids) and, when passwords were made,
+    `out/new-secrets-<time>.csv` (mode 600: hand each device its line, then delete the file)."""
     for name in [ingest_user, *(a.device_id for a in accounts)]:
         if not USER.fullmatch(name):
             raise ValueError(f"{name!r}: not usable as an MQTT user name")
@@ -175,7 +252,7 @@ def write_credentials(
     unknown = again - {a.device_id for a in accounts} - {ingest_user}
     if unknown:
         raise ValueError(f"--rotate: no such device: {', '.join(sorted(unknown))}")
-    result = Outcome(passwd=passwd, acl=acl)
+    result = Outcome(passwd=passwd, acl=acl, dynsec=out / "dynamic-security.json")
     hashes: dict[str, str] = {}
     for user in [ingest_user, *sorted(a.device_id for a in accounts)]:
         if user in old and not rotate_all and user not in again:
@@ -195,4 +272,9 @@ def write_credentials(
         acl_text(accounts, prefix=prefix, ingest_user=ingest_user, ingest_group=ingest_group),
         0o640,
     )
+    dynsec = dynsec_config(
+        hashes, accounts, prefix=prefix, ingest_user=ingest_user, ingest_group=ingest_group
+    )
+    assert result.dynsec is not None
+    _write(result.dynsec, json.dumps(dynsec, indent=1, ensure_ascii=False) + "\n", 0o640)
     return result
