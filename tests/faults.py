@@ -109,6 +109,7 @@ class Outcome:
     deliveries_per_key_max: int = 0
     undelivered_keys: int = 0
     crashed: list[str] = field(default_factory=list)
+    adoptions: int = 0  # sessions taken over: no worker is gone for long here, so none
     faults: list[Fault] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50/p95/p99/max over the run
@@ -142,6 +143,8 @@ class Outcome:
             )
         if self.crashed:
             out.append(f"components that died on their own: {self.crashed}")
+        if self.adoptions:
+            out.append(f"{self.adoptions} session(s) of live workers taken over")
         return out
 
 
@@ -459,6 +462,11 @@ class Run:
         time.sleep(3.0)  # anything extra (a duplicate alert, a second delivery) would show now
         out.samples.append(self._sample(time.time() - t0, feed))
         out.crashed = [c.name for c in self.components.values() if not c.alive()]
+        out.adoptions = sum(
+            c.tail(10_000_000).count("draining its session")
+            for name, c in self.components.items()
+            if name.startswith("ingest")
+        )
         self._check(out, feed, expected)
         return out
 
