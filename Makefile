@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.installed-stamp
 
 FUZZ_SECONDS ?= 300
 SOAK_SECONDS ?= 600
+BENCH_SECONDS ?= 60
 
-.PHONY: install test check fmt demo screenshots fuzz soak clean help
+.PHONY: install test check fmt demo screenshots fuzz soak bench clean help
 
 help:
 	@echo "make install   create $(VENV) and install UrbanPulse with its dev tools"
@@ -19,6 +20,7 @@ help:
 	@echo "make screenshots  refresh docs/console/*.png from the console's browser tests"
 	@echo "make fuzz      coverage-guided fuzzing of message validation for FUZZ_SECONDS (default $(FUZZ_SECONDS))"
 	@echo "make soak      the fault-injection run for SOAK_SECONDS (default $(SOAK_SECONDS)), then an overload run"
+	@echo "make bench     the ingest benchmark (BENCH_SECONDS per shape, default $(BENCH_SECONDS)) beside the broker and COPY ceilings"
 
 install: $(STAMP)
 
@@ -53,6 +55,10 @@ fuzz: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m tests.faults --duration $(SOAK_SECONDS) --json build/soak.json
+
+bench: $(STAMP)
+	@mkdir -p build
+	$(BIN)/urbanpulse bench ingest --seconds $(BENCH_SECONDS) --json build/bench-ingest.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -320,7 +320,7 @@ async def load(  # noqa: PLR0917 - one caller, arguments in reading order
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--days", type=int, default=30)
@@ -341,7 +341,7 @@ def main() -> None:
         "--database-url", default="postgresql://postgres@127.0.0.1:5432/urbanpulse_bench_api"
     )
     parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     url = args.database_url
     fresh = ensure_database(url)
     if fresh or not args.reuse:

@@ -170,7 +170,7 @@ def _mass_ticks(conn: psycopg.Connection[Any], catalogue: RuleSet, start: dateti
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--ticks", type=int, default=5)
@@ -181,7 +181,7 @@ def main() -> None:
         help="every depth gauge ponds: thousands of alerts firing; ticks alternate batched "
         "alert writes with one transaction per alert (the baseline)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     registry = default_registry()
     catalogue = load_rules(catalogue_files(), registry)
     rules = catalogue.rules

@@ -705,6 +705,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- replay (dataset replay: simulators/replay/) --------------------------------------------------
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "ingest":
+        from ingest.bench import main as ingest_bench
+
+        return ingest_bench(args.options)
+    if args.what == "rules":
+        from rules.bench import main as rules_bench
+
+        rules_bench(args.options)
+        return 0
+    from api.bench import main as api_bench
+
+    api_bench(args.options)
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from simulators.replay.command import replay_command
 
@@ -1019,6 +1035,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     _add_replay_parser(sub)
+
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks: ingest, rules, api (each beside its baseline, in the same run)",
+        description="Run a benchmark; the options after its name are its own (--help lists them).",
+    )
+    bench.add_argument("what", choices=("ingest", "rules", "api"))
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser(
         "demo", help="migrate, provision, ingest and simulate, with live progress; ends by itself"
