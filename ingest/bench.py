@@ -13,6 +13,9 @@ In one run, on one machine, against the same broker and a database of its own:
    the publishing time, to the commit), the alert latency of a depth gauge that ponds during
    the window (the moment its first reading ≥ 15 cm was published to the alert row), CPU and
    peak memory of each process, and readings stored against published.
+4. **The peer** (on the first shape): Node-RED's typical flow into PostgreSQL
+   (`ingest/peer.py`), fed the same way; compared on messages stored per second until the
+   last one was stored.
 
 Payload shapes (`--shape`): `3` readings a message (a water meter: flow, pressure, volume; the
 headline, as in ThingsBoard's published figures), `1`, and `100` (a gateway's batch). Prints a
@@ -378,6 +381,8 @@ class Product:
     msg_per_s: float = 0.0
     readings_per_s: float = 0.0
     publish_msg_per_s: float = 0.0
+    # everything published in the window, stored: over the window and the drain after it
+    sustained_msg_per_s: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     alert_latency_s: float | None = None
     drain_s: float = 0.0
@@ -489,6 +494,7 @@ def product_run(
             time.sleep(0.2)
         out.drain_s = round(time.monotonic() - t1, 1)
         out.stored_readings = _count(db_url) - base
+        out.sustained_msg_per_s = round(out.stored_readings / shape / (out.window_s + out.drain_s))
         out.readings_per_s = round(in_window / out.window_s)
         out.msg_per_s = round(out.readings_per_s / shape)
         out.latency_ms = _latency(db_url, wall0)
@@ -497,6 +503,103 @@ def product_run(
     finally:
         for s in services.values():
             s.stop()
+
+
+@dataclass
+class Peer:
+    name: str
+    shape: int
+    published_messages: int = 0
+    published_readings: int = 0
+    stored_in_window: int = 0
+    stored_readings: int = 0
+    window_s: float = 0.0
+    msg_per_s: float = 0.0
+    readings_per_s: float = 0.0
+    publish_msg_per_s: float = 0.0
+    sustained_msg_per_s: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    drain_s: float = 0.0
+    usage: dict[str, Usage] = field(default_factory=dict)
+
+
+def peer_run(
+    server_url: str,
+    mqtt_url: str,
+    workdir: Path,
+    *,
+    shape: int,
+    n_devices: int,
+    seconds: float,
+    procs: int,
+    say: Callable[[str], None],
+) -> Peer:
+    """Node-RED's flow into a database of its own, fed like ours: as fast as the publishers
+    go for the window (after a 5 s warm-up), then drained for up to 5 minutes."""
+    from ingest.peer import NodeRed
+
+    out = Peer("Node-RED 4 (mqtt in → function → pg INSERT)", shape)
+    db_url = with_database(server_url, f"urbanpulse_bench_peer_{os.getpid()}")
+    migrate(db_url, load_policy(), timescale_mode="off")
+    prefix = f"bench-{uuid.uuid4().hex[:8]}/v1"
+    red: NodeRed | None = None
+    try:
+        red = NodeRed(workdir, mqtt_url, db_url, f"{prefix}/+/+")
+        node_pid = red.pid
+        watches = {
+            "node-red": Watch(lambda: [node_pid]),
+            "mosquitto": Watch(lambda: pids_named("mosquitto")),
+            "postgres": Watch(lambda: pids_named("postgres")),
+        }
+
+        def count() -> int:
+            with psycopg.connect(db_url) as conn:
+                row = conn.execute("SELECT count(*) FROM readings").fetchone()
+            return int(row[0]) if row else 0
+
+        say("    warm-up 5 s")
+        sent, _ = publish_for(Load(mqtt_url, shape, prefix, n_devices, 5.0, procs))
+        deadline = time.monotonic() + 300
+        while count() < sent * shape and time.monotonic() < deadline:
+            time.sleep(0.5)
+        base = count()
+        for w in watches.values():
+            w.begin()
+        say(f"    measuring {seconds:.0f} s")
+        wall0 = datetime.now(UTC)
+        t0 = time.monotonic()
+        sent, took = publish_for(Load(mqtt_url, shape, prefix, n_devices, seconds, procs))
+        t1 = time.monotonic()
+        out.stored_in_window = count() - base
+        for name, w in watches.items():
+            out.usage[name] = w.end()
+        out.window_s = round(t1 - t0, 2)
+        out.published_messages = sent
+        out.published_readings = sent * shape
+        out.publish_msg_per_s = round(sent / took)
+        out.readings_per_s = round(out.stored_in_window / out.window_s)
+        out.msg_per_s = round(out.readings_per_s / shape)
+        while count() < base + out.published_readings and time.monotonic() - t1 < 300:
+            time.sleep(0.5)
+        out.drain_s = round(time.monotonic() - t1, 1)
+        out.stored_readings = count() - base
+        out.sustained_msg_per_s = round(out.stored_readings / shape / (out.window_s + out.drain_s))
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute(
+                "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lag) "
+                "FROM (SELECT extract(epoch FROM ingested_at - ts) * 1000 AS lag "
+                "FROM readings WHERE ts >= %s) x",
+                (wall0,),
+            ).fetchone()
+        if row and row[0] is not None:
+            out.latency_ms = dict(
+                zip(("p50", "p95", "p99"), (round(float(v), 1) for v in row[0]), strict=True)
+            )
+        return out
+    finally:
+        if red is not None:
+            red.stop()
+        drop_database(db_url)
 
 
 def _pond(  # noqa: PLR0917 - a thread's target, arguments in reading order
@@ -578,6 +681,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--mqtt-url", help="an existing broker (default: a Mosquitto of the benchmark's own)"
     )
+    ap.add_argument(
+        "--peer",
+        choices=("node-red", "none"),
+        default="node-red",
+        help="also run Node-RED's typical flow on the first shape (from npm; default)",
+    )
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--plot", type=Path, help="write the sweep as an SVG chart here")
     args = ap.parse_args(argv)
@@ -611,6 +720,15 @@ def main(argv: list[str] | None = None) -> int:
                     args, name, db_url=db_url, mqtt_url=mqtt_url, workdir=Path(tmp), say=say
                 )
                 say(table_row(name, result["shapes"][name]))
+            if args.peer == "node-red":
+                result["peer"] = _peer(
+                    args,
+                    db_url=settings.database_url,
+                    mqtt_url=mqtt_url,
+                    workdir=Path(tmp),
+                    say=say,
+                    ours=result["shapes"],
+                )
             for rate in args.sweep:
                 shape = SHAPES[args.shape[0]]
                 say(f"  sweep: {rate:g} msg/s offered, shape {shape}")
@@ -675,6 +793,45 @@ def _shape(
             "of_copy_ceiling": round(prod.readings_per_s / max(copy["readings_per_s"], 1), 2),
         },
     }
+
+
+def _peer(
+    args: argparse.Namespace,
+    *,
+    db_url: str,
+    mqtt_url: str,
+    workdir: Path,
+    say: Callable[[str], None],
+    ours: dict[str, Any],
+) -> dict[str, Any]:
+    from ingest.peer import available, install
+
+    name = args.shape[0]
+    why = available()
+    if why is None:
+        try:
+            install(say)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            why = f"npm install failed: {exc}"
+    if why:
+        say(f"  peer: skipped ({why})")
+        return {"skipped": why}
+    say(f"  peer: Node-RED, shape {name}")
+    peer = peer_run(
+        db_url, mqtt_url, workdir, shape=SHAPES[name], n_devices=args.devices,
+        seconds=args.seconds, procs=args.publishers, say=say,
+    )  # fmt: skip
+    mine = ours[name]["product"]["sustained_msg_per_s"]
+    out = asdict(peer)
+    out["ours_over_peer"] = round(mine / max(peer.sustained_msg_per_s, 1), 2)
+    say(
+        f"    Node-RED: {peer.msg_per_s:,} msg/s stored in the window, "
+        f"{peer.sustained_msg_per_s:,} msg/s until all was stored (published "
+        f"{peer.publish_msg_per_s:,} msg/s; {peer.stored_readings:,} of "
+        f"{peer.published_readings:,} readings, {peer.drain_s} s after the window); "
+        f"UrbanPulse / Node-RED = {out['ours_over_peer']}"
+    )
+    return out
 
 
 def svg_chart(result: dict[str, Any]) -> str:
@@ -742,19 +899,30 @@ def table_row(name: str, e: dict[str, Any]) -> str:
 def table(result: dict[str, Any]) -> str:
     lines = [
         "",
-        "| shape | msg/s | readings/s | of broker QoS 1 | of COPY | p50 / p95 / p99 ms "
-        "| alert s | stored / published |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shape | msg/s in the window | until all stored | readings/s | of broker QoS 1 "
+        "| of COPY | p50 / p95 / p99 ms | alert s | stored / published |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in result["shapes"].items():
         p = e["product"]
         lat = p["latency_ms"]
         lines.append(
-            f"| {name} | {p['msg_per_s']:,} | {p['readings_per_s']:,} | "
+            f"| {name} | {p['msg_per_s']:,} | {p['sustained_msg_per_s']:,} | "
+            f"{p['readings_per_s']:,} | "
             f"{e['ratios']['of_broker_ceiling']} ({e['broker']['msg_per_s']:,}) | "
             f"{e['ratios']['of_copy_ceiling']} ({e['copy']['readings_per_s']:,}) | "
             f"{lat.get('p50', 0):,.0f} / {lat.get('p95', 0):,.0f} / {lat.get('p99', 0):,.0f} | "
             f"{p['alert_latency_s']} | {p['stored_readings']:,} / {p['published_readings']:,} |"
+        )
+    peer = result.get("peer")
+    if peer and "skipped" not in peer:
+        lat = peer["latency_ms"]
+        lines.append(
+            f"| {peer['shape']}, Node-RED | {peer['msg_per_s']:,} | "
+            f"{peer['sustained_msg_per_s']:,} | {peer['readings_per_s']:,} "
+            f"| UrbanPulse ÷ Node-RED = {peer['ours_over_peer']} | | "
+            f"{lat.get('p50', 0):,.0f} / {lat.get('p95', 0):,.0f} / {lat.get('p99', 0):,.0f} | | "
+            f"{peer['stored_readings']:,} / {peer['published_readings']:,} |"
         )
     lines.append("")
     for name, e in result["shapes"].items():

@@ -1,6 +1,6 @@
-"""The ingest benchmark's harness, short: every shape, the two ceilings, a sweep point and the
-plot, from the real command. Only that it measures, and that nothing was lost: no timing is
-asserted here (figures come from `make bench` on a quiet machine)."""
+"""The ingest benchmark's harness, short: every shape, the two ceilings, the Node-RED peer, a
+sweep point and the plot, from the real command. Only that it measures, and that nothing was
+lost: no timing is asserted here (figures come from `make bench` on a quiet machine)."""
 
 from __future__ import annotations
 
@@ -44,4 +44,9 @@ def test_the_ingest_benchmark_measures_every_shape_beside_its_ceilings(tmp_path:
         and point["stored_readings"] == point["published_readings"]
     )
     assert plot.read_text().startswith("<svg") and "offered load" in plot.read_text()
-    assert "| shape | msg/s |" in done.stdout  # the table
+    # the peer ran on the first shape (Node-RED from npm), or says why not
+    peer = result["peer"]
+    if "skipped" not in peer:
+        assert peer["published_readings"] > 0 and peer["stored_readings"] > 0
+        assert peer["ours_over_peer"] > 0 and "node-red" in peer["usage"]
+    assert "| shape | msg/s in the window |" in done.stdout  # the table
