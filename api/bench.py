@@ -50,7 +50,7 @@ from urbanpulse.db.devices import upsert_devices
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
 from urbanpulse.db.tokens import Role, create_token
-from urbanpulse.serve import start_api, stop_api
+from urbanpulse.serve import start_api, stop_process
 
 POLLUTANTS = ("pm25", "pm10", "so2", "no2", "o3", "co")
 METRIC = {
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
             load(base, token, lambda _r: ("/healthz", {}), args.clients, args.seconds / 3)
         )
     finally:
-        stop_api(proc)
+        stop_process(proc)
     report(results, args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:  # noqa: PTH123

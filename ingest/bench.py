@@ -53,6 +53,7 @@ from urbanpulse.db.connect import drop_database, where, with_database
 from urbanpulse.db.devices import DeviceSpec, upsert_devices
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
+from urbanpulse.serve import free_port, stop_process
 from urbanpulse.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,9 +192,7 @@ class Broker:
         import shutil
         import socket
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
+        self.port = free_port()
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = workdir / "mosquitto.conf"
         conf.write_text(
@@ -221,13 +220,7 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @dataclass
@@ -294,13 +287,7 @@ class Service:
         self.log = log
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)  # an ingest worker flushes what it holds first
 
 
 # --- the three measurements ------------------------------------------------------------------
@@ -370,29 +357,99 @@ def copy_ceiling(db_url: str, *, readings: int, n_devices: int) -> dict[str, flo
 
 
 @dataclass
-class Product:
+class Window:
+    """What one measured window of a pipeline (ours or the peer's) gave."""
+
     shape: int
-    workers: int
-    offered: str
     published_messages: int = 0
     published_readings: int = 0
+    stored_in_window: int = 0
     stored_readings: int = 0
     window_s: float = 0.0
-    msg_per_s: float = 0.0
+    msg_per_s: float = 0.0  # stored in the window
     readings_per_s: float = 0.0
     publish_msg_per_s: float = 0.0
     # everything published in the window, stored: over the window and the drain after it
     sustained_msg_per_s: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
-    alert_latency_s: float | None = None
     drain_s: float = 0.0
     usage: dict[str, Usage] = field(default_factory=dict)
+
+
+@dataclass
+class Product(Window):
+    workers: int = 0
+    offered: str = ""
+    alert_latency_s: float | None = None
+
+
+@dataclass
+class Peer(Window):
+    name: str = ""
 
 
 def _count(db_url: str) -> int:
     with psycopg.connect(db_url) as conn:
         row = conn.execute("SELECT count(*) FROM readings WHERE device_id LIKE 'bm%'").fetchone()
     return int(row[0]) if row else 0
+
+
+def _server_watches() -> dict[str, Watch]:
+    """The broker's and the database server's processes (by name: they are not ours)."""
+    return {
+        "mosquitto": Watch(lambda: pids_named("mosquitto")),
+        "postgres": Watch(lambda: pids_named("postgres")),
+    }
+
+
+def _warm_up(load: Load, db_url: str) -> int:
+    """Publish for the load's time and wait until it is all stored; the count then."""
+    base = _count(db_url)
+    sent, _ = publish_for(load)
+    deadline = time.monotonic() + 300
+    while _count(db_url) < base + sent * load.shape and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _count(db_url)
+
+
+def _measure(
+    out: Window,
+    load: Load,
+    db_url: str,
+    watches: dict[str, Watch],
+    *,
+    base: int,
+    drain_limit_s: float,
+) -> None:
+    """The window: publish `load`, then wait (up to `drain_limit_s`) until all of it is stored;
+    rates, latency, and the CPU and memory of the watched processes and the publishers."""
+    for w in watches.values():
+        w.begin()
+    t0 = time.monotonic()
+    wall0 = datetime.now(UTC)
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sent, took = publish_for(load)
+    t1 = time.monotonic()
+    out.stored_in_window = _count(db_url) - base
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for name, w in watches.items():
+        out.usage[name] = w.end()
+    out.usage["publishers"] = Usage(
+        round(children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime, 2),
+        round(children1.ru_maxrss / 1024, 1),
+    )
+    out.window_s = round(t1 - t0, 2)
+    out.published_messages = sent
+    out.published_readings = sent * load.shape
+    out.publish_msg_per_s = round(sent / took)
+    out.readings_per_s = round(out.stored_in_window / out.window_s)
+    out.msg_per_s = round(out.readings_per_s / load.shape)
+    while _count(db_url) < base + out.published_readings and time.monotonic() - t1 < drain_limit_s:
+        time.sleep(0.2)
+    out.drain_s = round(time.monotonic() - t1, 1)
+    out.stored_readings = _count(db_url) - base
+    out.sustained_msg_per_s = round(out.stored_readings / load.shape / (out.window_s + out.drain_s))
+    out.latency_ms = _latency(db_url, wall0)
 
 
 def product_run(
@@ -410,7 +467,9 @@ def product_run(
     say: Callable[[str], None],
     alert_wait: float = 180.0,
 ) -> Product:
-    out = Product(shape, workers, f"{rate:g} msg/s" if rate else "as fast as possible")
+    out = Product(
+        shape, workers=workers, offered=f"{rate:g} msg/s" if rate else "as fast as possible"
+    )
     prefix = f"bench-{uuid.uuid4().hex[:8]}/v1"
     env = dict(
         os.environ,
@@ -448,20 +507,12 @@ def product_run(
             if time.monotonic() > deadline:
                 raise RuntimeError("the ingest workers did not subscribe within 60 s")
             time.sleep(0.2)
-        watches = {name: Watch(partial(list, [s.proc.pid])) for name, s in services.items()} | {
-            "mosquitto": Watch(lambda: pids_named("mosquitto")),
-            "postgres": Watch(lambda: pids_named("postgres")),
-        }
+        watches = {name: Watch(partial(list, [s.proc.pid])) for name, s in services.items()}
+        watches |= _server_watches()
         base = _count(db_url)
         if warmup:
             say(f"    warm-up {warmup:.0f} s")
-            sent, _ = publish_for(Load(mqtt_url, shape, prefix, n_devices, warmup, procs, rate))
-            deadline = time.monotonic() + 300
-            while _count(db_url) < base + sent * shape and time.monotonic() < deadline:
-                time.sleep(0.2)
-            base = _count(db_url)
-        for w in watches.values():
-            w.begin()
+            base = _warm_up(Load(mqtt_url, shape, prefix, n_devices, warmup, procs, rate), db_url)
         gauge = threading.Thread(
             target=_pond,
             args=(mqtt_url, db_url, prefix, seconds, out, alert_wait),
@@ -469,58 +520,19 @@ def product_run(
         )
         gauge.start()
         say(f"    measuring {seconds:.0f} s")
-        t0 = time.monotonic()
-        wall0 = datetime.now(UTC)
-        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        sent, took = publish_for(Load(mqtt_url, shape, prefix, n_devices, seconds, procs, rate))
-        t1 = time.monotonic()
-        in_window = _count(db_url) - base
-        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        for name, w in watches.items():
-            out.usage[name] = w.end()
-        out.usage["publishers"] = Usage(
-            round(
-                children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime,
-                2,
-            ),
-            round(children1.ru_maxrss / 1024, 1),
+        _measure(
+            out,
+            Load(mqtt_url, shape, prefix, n_devices, seconds, procs, rate),
+            db_url,
+            watches,
+            base=base,
+            drain_limit_s=600,
         )
-        out.window_s = round(t1 - t0, 2)
-        out.published_messages = sent
-        out.published_readings = sent * shape
-        out.publish_msg_per_s = round(sent / took)
-        target = base + out.published_readings
-        while _count(db_url) < target and time.monotonic() - t1 < 600:
-            time.sleep(0.2)
-        out.drain_s = round(time.monotonic() - t1, 1)
-        out.stored_readings = _count(db_url) - base
-        out.sustained_msg_per_s = round(out.stored_readings / shape / (out.window_s + out.drain_s))
-        out.readings_per_s = round(in_window / out.window_s)
-        out.msg_per_s = round(out.readings_per_s / shape)
-        out.latency_ms = _latency(db_url, wall0)
         gauge.join(timeout=alert_wait + 30)
         return out
     finally:
         for s in services.values():
             s.stop()
-
-
-@dataclass
-class Peer:
-    name: str
-    shape: int
-    published_messages: int = 0
-    published_readings: int = 0
-    stored_in_window: int = 0
-    stored_readings: int = 0
-    window_s: float = 0.0
-    msg_per_s: float = 0.0
-    readings_per_s: float = 0.0
-    publish_msg_per_s: float = 0.0
-    sustained_msg_per_s: float = 0.0
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    drain_s: float = 0.0
-    usage: dict[str, Usage] = field(default_factory=dict)
 
 
 def peer_run(
@@ -538,7 +550,7 @@ def peer_run(
     go for the window (after a 5 s warm-up), then drained for up to 5 minutes."""
     from ingest.peer import NodeRed
 
-    out = Peer("Node-RED 4 (mqtt in → function → pg INSERT)", shape)
+    out = Peer(shape, name="Node-RED 4 (mqtt in → function → pg INSERT)")
     db_url = with_database(server_url, f"urbanpulse_bench_peer_{os.getpid()}")
     migrate(db_url, load_policy(), timescale_mode="off")
     prefix = f"bench-{uuid.uuid4().hex[:8]}/v1"
@@ -546,55 +558,19 @@ def peer_run(
     try:
         red = NodeRed(workdir, mqtt_url, db_url, f"{prefix}/+/+")
         node_pid = red.pid
-        watches = {
-            "node-red": Watch(lambda: [node_pid]),
-            "mosquitto": Watch(lambda: pids_named("mosquitto")),
-            "postgres": Watch(lambda: pids_named("postgres")),
-        }
-
-        def count() -> int:
-            with psycopg.connect(db_url) as conn:
-                row = conn.execute("SELECT count(*) FROM readings").fetchone()
-            return int(row[0]) if row else 0
+        watches = {"node-red": Watch(lambda: [node_pid])} | _server_watches()
 
         say("    warm-up 5 s")
-        sent, _ = publish_for(Load(mqtt_url, shape, prefix, n_devices, 5.0, procs))
-        deadline = time.monotonic() + 300
-        while count() < sent * shape and time.monotonic() < deadline:
-            time.sleep(0.5)
-        base = count()
-        for w in watches.values():
-            w.begin()
+        base = _warm_up(Load(mqtt_url, shape, prefix, n_devices, 5.0, procs), db_url)
         say(f"    measuring {seconds:.0f} s")
-        wall0 = datetime.now(UTC)
-        t0 = time.monotonic()
-        sent, took = publish_for(Load(mqtt_url, shape, prefix, n_devices, seconds, procs))
-        t1 = time.monotonic()
-        out.stored_in_window = count() - base
-        for name, w in watches.items():
-            out.usage[name] = w.end()
-        out.window_s = round(t1 - t0, 2)
-        out.published_messages = sent
-        out.published_readings = sent * shape
-        out.publish_msg_per_s = round(sent / took)
-        out.readings_per_s = round(out.stored_in_window / out.window_s)
-        out.msg_per_s = round(out.readings_per_s / shape)
-        while count() < base + out.published_readings and time.monotonic() - t1 < 300:
-            time.sleep(0.5)
-        out.drain_s = round(time.monotonic() - t1, 1)
-        out.stored_readings = count() - base
-        out.sustained_msg_per_s = round(out.stored_readings / shape / (out.window_s + out.drain_s))
-        with psycopg.connect(db_url) as conn:
-            row = conn.execute(
-                "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lag) "
-                "FROM (SELECT extract(epoch FROM ingested_at - ts) * 1000 AS lag "
-                "FROM readings WHERE ts >= %s) x",
-                (wall0,),
-            ).fetchone()
-        if row and row[0] is not None:
-            out.latency_ms = dict(
-                zip(("p50", "p95", "p99"), (round(float(v), 1) for v in row[0]), strict=True)
-            )
+        _measure(
+            out,
+            Load(mqtt_url, shape, prefix, n_devices, seconds, procs),
+            db_url,
+            watches,
+            base=base,
+            drain_limit_s=300,
+        )
         return out
     finally:
         if red is not None:

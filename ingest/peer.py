@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from urbanpulse.broker import parse_broker_url
+from urbanpulse.serve import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "build" / "node-red"
@@ -141,9 +141,7 @@ class NodeRed:
         base = install()
         self.dir = workdir / "node-red"
         self.dir.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = free_port()
         (self.dir / "flows.json").write_text(json.dumps(flows(mqtt_url, topic), indent=1))
         pg = base / "node_modules" / "pg"
         (self.dir / "settings.js").write_text(SETTINGS % {"port": port, "pg": pg})
@@ -178,10 +176,4 @@ class NodeRed:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 20)

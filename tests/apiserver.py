@@ -22,7 +22,7 @@ from rules.notify.config import load_config
 from rules.notify.service import Context, plan
 from rules.runner import run_pass
 from simulators.run import Plan
-from tests.services import SERVER_URL, free_port, scratch_database
+from tests.services import SERVER_URL, scratch_database
 from tests.test_rules_scenarios import evaluate_all, load
 from urbanpulse import serve
 from urbanpulse.contract import default_registry
@@ -30,6 +30,7 @@ from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
 from urbanpulse.db.tokens import Role, create_token
 from urbanpulse.links import link_key, verify
+from urbanpulse.serve import free_port
 
 CATALOGUE = load_rules(catalogue_files(), default_registry())
 FLOOD_DEPT = "区城市管理局"
@@ -65,7 +66,7 @@ def start_api(
         try:
             yield url, proc
         finally:
-            serve.stop_api(proc)
+            serve.stop_process(proc)
 
 
 @contextmanager

@@ -42,12 +42,13 @@ import yaml
 
 from simulators.publisher import Publisher
 from tests.receivers import HttpReceiver
-from tests.services import Mosquitto, PostgresCluster, TcpProxy, free_port
+from tests.services import Mosquitto, PostgresCluster, TcpProxy
 from urbanpulse.broker import parse_broker_url
 from urbanpulse.db.connect import with_database
 from urbanpulse.db.devices import DeviceSpec, upsert_devices
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
+from urbanpulse.serve import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE = "flood.ponding_15cm"
@@ -180,13 +181,7 @@ class Component:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         return self.proc.returncode
 
     def rss_mb(self) -> float:

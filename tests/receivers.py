@@ -14,7 +14,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from tests.services import free_port
+from urbanpulse.serve import free_port
 
 
 @dataclass

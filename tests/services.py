@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from urbanpulse.db.connect import drop_database, with_database
+from urbanpulse.serve import free_port, stop_process
 
 SERVER_URL = os.environ.get(
     "URBANPULSE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -38,12 +39,6 @@ DYNSEC_PLUGIN = next(
     ),
     "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -128,13 +123,8 @@ class Mosquitto:
         self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc)
         self.proc = None
 
 

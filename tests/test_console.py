@@ -20,9 +20,9 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 
 from rules.aqi import iaqi, load_standard
 from tests.apiserver import PONDING_POINT, ApiServer, api_server, notification_link, raise_ponding
-from tests.services import free_port
 from urbanpulse import serve
 from urbanpulse.db.tokens import Role, create_token
+from urbanpulse.serve import free_port
 
 AIR = "区生态环境局"
 WATER = "区住房城乡建委"
@@ -219,7 +219,7 @@ def test_the_console_reconnects_after_the_api_restarts_and_catches_up(
         target = next(a for a in alerts_of(server, AIR) if not a["acknowledged"])
         box = card(page, target["id"])
         expect(box).to_have_attribute("data-acked", "false")
-        serve.stop_api(proc)
+        serve.stop_process(proc)
         expect(page.locator("#live")).to_have_attribute("data-state", "off")
         with server.client("air_operator") as c:  # meanwhile, through another API process
             assert c.post(f"/api/v1/alerts/{target['id']}/ack").status_code == 200
@@ -232,7 +232,7 @@ def test_the_console_reconnects_after_the_api_restarts_and_catches_up(
         )
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
-        serve.stop_api(proc)
+        serve.stop_process(proc)
 
 
 def test_operator_sees_the_department_and_acts_with_keyboard_and_dialogs(

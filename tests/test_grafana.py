@@ -147,7 +147,7 @@ class FakeGrafana:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        from tests.services import free_port
+        from urbanpulse.serve import free_port
 
         self.port = free_port()
         self.datasources: dict[str, dict[str, Any]] = {}

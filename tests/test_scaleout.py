@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from tests.pipeline import publish, quarantined, settings_for, stored, wait_until
-from tests.services import Mosquitto, free_port
+from tests.services import Mosquitto
 from tests.streams import Stream, steady_stream
 from tests.test_ingest import ingest_process, provision, wait_for_stream, wait_subscribed
+from urbanpulse.serve import free_port
 
 pytestmark = pytest.mark.slow
 

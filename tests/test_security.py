@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from simulators.publisher import Publisher
 from tests.pipeline import InThreadIngest, publish, settings_for, stored, wait_until
-from tests.services import Mosquitto, free_port, scratch_database
+from tests.services import Mosquitto, scratch_database
 from tests.streams import DEVICES, steady_stream
 from tests.test_cli import cli
 from urbanpulse.broker import parse_broker_url
@@ -39,6 +39,7 @@ from urbanpulse.credentials import (
 from urbanpulse.db.devices import upsert_devices
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
+from urbanpulse.serve import free_port
 from urbanpulse.settings import load_settings
 
 

@@ -6,8 +6,9 @@ import json
 
 import psycopg
 
-from tests.services import Mosquitto, free_port
+from tests.services import Mosquitto
 from tests.test_cli import cli
+from urbanpulse.serve import free_port
 
 
 def states(out: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from urbanpulse.db.connect import (
 )
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
-from urbanpulse.serve import stop_api
+from urbanpulse.serve import stop_process
 from urbanpulse.settings import Settings
 
 DOMAINS = ("water", "flood", "air", "parking")
@@ -253,7 +253,7 @@ def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> 
         return _run(settings, plan, api_url, api_token)
     finally:
         if api_proc is not None:
-            stop_api(api_proc)
+            stop_process(api_proc)
 
 
 def _start_api(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str, str]:
@@ -263,16 +263,14 @@ def _start_api(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str,
 
     from urbanpulse.db.tokens import Role, create_token
     from urbanpulse.errors import UrbanPulseError
-    from urbanpulse.serve import start_api
+    from urbanpulse.serve import free_port, start_api
 
     with connect(settings.database_url) as conn:
         token, _ = create_token(conn, "demo-admin", Role.ADMIN)
     port = settings.api_port
     with socket.socket() as probe:
         if probe.connect_ex((settings.api_host, port)) == 0:  # taken: let the OS pick
-            with socket.socket() as free:
-                free.bind((settings.api_host, 0))
-                port = free.getsockname()[1]
+            port = free_port(settings.api_host)
     try:
         proc, url = start_api(settings.database_url, port, host=settings.api_host)
     except UrbanPulseError:

@@ -1,10 +1,12 @@
 """Run `urbanpulse api` as a child process and wait until it is ready: the demo, the API
-benchmark and the tests start it this way (through the CLI, so nothing imports `api`)."""
+benchmark and the tests start it this way (through the CLI, so nothing imports `api`). Also
+the two chores of every such child: a free port for it, and stopping it."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,12 +48,12 @@ def start_api(
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    stop_api(proc)
+    stop_process(proc)
     said = log.read_text(errors="replace")[-2000:] if log else ""
     raise UrbanPulseError(f"the API did not become ready within {timeout:.0f} s\n{said}")
 
 
-def stop_api(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL if it has not ended within `timeout`."""
     if proc.poll() is not None:
         return
@@ -61,3 +63,10 @@ def stop_api(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now (the OS's pick)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
