@@ -110,6 +110,32 @@ def test_store_batch_absorbs_duplicates_and_folds_repeated_quarantine(
     assert row == [("bad_json", 3, b"{", "pending")]
 
 
+def _staged(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this session went through the staging table (the merge path)."""
+    row = conn.execute("SELECT to_regclass('pg_temp.readings_stage') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def test_store_batch_copies_straight_in_and_merges_only_on_a_duplicate(
+    conn: psycopg.Connection[Any],
+) -> None:
+    batch = [Reading("wn1", "volume", T0 + timedelta(minutes=i), float(i)) for i in range(50)]
+    bad = QuarantineEntry("yc/v1/water/x", b"[", T0, (Rejection(Reason.BAD_JSON, "eof"),), "x")
+    res = store_batch(conn, batch, [bad])
+    assert (res.inserted, res.duplicates, res.quarantined) == (50, 0, 1)
+    assert not _staged(conn)  # one COPY into readings, no staging table
+
+    # one duplicate among new readings: the COPY is refused and rolled back whole (quarantine
+    # row included), then the merge stores the new ones and the quarantine row once
+    more = [Reading("wn1", "volume", T0 + timedelta(minutes=i), -1.0) for i in range(49, 60)]
+    res = store_batch(conn, more, [bad])
+    assert (res.inserted, res.duplicates, res.quarantined) == (10, 1, 1)
+    assert _staged(conn)
+    rows = conn.execute("SELECT count(*), sum(value) FROM readings").fetchone()
+    assert rows == (60, sum(range(50)) - 10.0)  # minute 49 kept its first value
+    assert conn.execute("SELECT occurrences FROM quarantine").fetchall() == [(2,)]
+
+
 def test_device_import_yaml_then_csv_update(
     conn: psycopg.Connection[Any], fleet_file: Path, tmp_path: Path
 ) -> None:
