@@ -18,8 +18,8 @@ def test_the_ingest_benchmark_measures_every_shape_beside_its_ceilings(tmp_path:
     out, plot = tmp_path / "bench.json", tmp_path / "bench.svg"
     done = cli(
         "bench", "ingest", "--shape", "3", "1", "100", "--seconds", "3", "--warmup", "1",
-        "--ceiling-seconds", "1", "--devices", "200", "--publishers", "1", "--sweep", "300",
-        "--alert-wait", "0", "--json", str(out), "--plot", str(plot),
+        "--ceiling-seconds", "1", "--devices", "200", "--publishers", "1", "--rate", "2000",
+        "--sweep", "300", "--alert-wait", "0", "--json", str(out), "--plot", str(plot),
         timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
