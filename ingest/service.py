@@ -57,10 +57,15 @@ ADOPT_QUIET_S = 2.0  # an adopted session is drained once nothing came for this 
 ADOPT_GRACE_S = 5.0  # after a will, wait this long for the worker to say it is back
 
 
-def _ack_via(sessions: dict[str, MqttSource], msg: InboundMessage) -> bool:
-    """Acknowledge through the session the message came on (gone: the broker redelivers)."""
-    src = sessions.get(msg.via)  # one read: the main thread may end an adoption meanwhile
-    return src.ack(msg) if src is not None else False
+def _ack_via(sessions: dict[str, MqttSource], batch: list[InboundMessage]) -> None:
+    """Acknowledge each message through the session it came on (gone: the broker redelivers)."""
+    by_session: dict[str, list[InboundMessage]] = {}
+    for msg in batch:  # arrival order is kept within each session
+        by_session.setdefault(msg.via, []).append(msg)
+    for via, msgs in by_session.items():
+        src = sessions.get(via)  # one read: the main thread may end an adoption meanwhile
+        if src is not None:
+            src.ack(msgs)
 
 
 class Adoptions:
@@ -148,7 +153,7 @@ def run_ingest(
             settings.ingest_batch_readings,
             settings.ingest_batch_delay_ms / 1000.0,
         ),
-        ack=lambda msg: _ack_via(sessions, msg),
+        ack=lambda batch: _ack_via(sessions, batch),
         metrics=metrics,
         device_refresh_s=settings.ingest_device_refresh_s,
         max_held=settings.ingest_max_inflight,
