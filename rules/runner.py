@@ -5,6 +5,15 @@ Each pass evaluates every rule up to a watermark, `now − allowed lateness`, in
 for entities never evaluated). Readings come from the database; the decisions are the pure
 evaluator's; alerts are saved race-free (rules.store). A rule that fails is rolled back,
 recorded in rule_health with its error, and the others carry on.
+
+Early firing: the watermark makes a breach wait for the lateness and the next whole step
+(up to 60 s + 120 s by default) before it becomes an alert. For the rules whose breach the
+readings already stored cannot take back — a threshold on the latest value, on a maximum
+above a limit or a minimum below one, on a count above one — each pass also evaluates the
+head, from the watermark to now. An entity that starts breaching there opens its alert at
+once (its state moves to now; the rest stays at the watermark). Late readings can still
+confirm it but never undo it; everything else (clearing, resolving, other rules) waits for
+the watermark as before.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from psycopg.types.json import Jsonb
 from rules.evaluate import EntitySeries, signal_at
 from rules.kpi import Kpi
 from rules.kpi import refresh as refresh_kpi
-from rules.lifecycle import Evaluation, State, Status, run, step
+from rules.lifecycle import Evaluation, Signal, State, Status, run, step
 from rules.model import Rule, RuleSet
 from rules.recording import Record, covered, run_record, source_of
 from rules.store import AlertMeta, advance_many, load_states
@@ -286,7 +295,10 @@ def evaluate_rule(
     watermark: float,
     since: float,
     step_s: float,
+    head: float | None = None,
 ) -> RuleReport:
+    """Evaluate one rule up to the watermark, and, with `head` (now), fire early where the
+    rule allows it (see the module's docstring)."""
     report = RuleReport(rule.id)
     if rule.series.recorded is not None:
         # evaluate only as far as the record covers: a period still to be computed (its
@@ -301,19 +313,43 @@ def evaluate_rule(
     report.entities = len(devices)
     if not devices:
         return report
+    meta = AlertMeta(rule.id, rule.severity, rule.owner, rule.labels)
+    report.watermark = watermark
+    _committed(conn, rule, meta, devices, report, watermark=watermark, since=since, step_s=step_s)
+    if head is not None and head > watermark and fires_early(rule):
+        report.transitions += _head(conn, rule, meta, devices, watermark, head, step_s)
+    return report
+
+
+def _committed(
+    conn: psycopg.Connection[Any],
+    rule: Rule,
+    meta: AlertMeta,
+    devices: list[tuple[str, float]],
+    report: RuleReport,
+    *,
+    watermark: float,
+    since: float,
+    step_s: float,
+) -> None:
+    """The ticks up to the (aligned) watermark, from where each entity's state stopped."""
     states = load_states(conn, rule.id)
     evaluated = _watermark_of(conn, rule.id)
     at_rest = since if evaluated is None else evaluated + step_s
     starts = {}
     for device, _ in devices:
         state = states.get(device)
-        starts[device] = state.last_at.timestamp() + step_s if state and state.last_at else at_rest
+        # the first tick after the last evaluation (which early firing may have left between
+        # two ticks)
+        starts[device] = (
+            math.floor(state.last_at.timestamp() / step_s) * step_s + step_s
+            if state and state.last_at
+            else at_rest
+        )
     earliest = min(starts.values())
-    report.watermark = watermark
     if earliest > watermark:
-        return report
+        return
     series = fetch_series(conn, rule, devices, earliest, watermark)
-    meta = AlertMeta(rule.id, rule.severity, rule.owner, rule.labels)
     batch: list[tuple[str, list[Evaluation]]] = []
     for device, _ in devices:
         ticks = _ticks(starts[device], watermark, step_s)
@@ -327,7 +363,61 @@ def evaluate_rule(
     for i in range(0, len(batch), BATCH):
         for _, _, transitions in advance_many(conn, meta, batch[i : i + BATCH], rule.timing):
             report.transitions += len(transitions)
-    return report
+
+
+def fires_early(rule: Rule) -> bool:
+    """Whether a breach seen in the readings stored so far stays a breach whatever arrives
+    late: only then may the rule fire ahead of the watermark."""
+    if rule.type != "threshold" or rule.condition is None or rule.clock != "measurement":
+        return False
+    if rule.series.recorded is not None or rule.series.quarantine is not None:
+        return False  # recorded periods have a watermark of their own
+    above = rule.condition.op in (">", ">=")
+    return (
+        rule.aggregate == "last"
+        or (rule.aggregate == "max" and above)
+        or (rule.aggregate == "min" and not above)
+        or (rule.aggregate == "count" and above)
+    )
+
+
+OPENING = (Status.PENDING, Status.FIRING)
+
+
+def _head(  # noqa: PLR0917 - the evaluation's context, in evaluate_rule's order
+    conn: psycopg.Connection[Any],
+    rule: Rule,
+    meta: AlertMeta,
+    devices: list[tuple[str, float]],
+    watermark: float,
+    head: float,
+    step_s: float,
+) -> int:
+    """Early firing: evaluate (watermark, head]; advance only the entities that open or
+    escalate an alert there. Returns the transitions recorded."""
+    ticks = _ticks(watermark + step_s, head, step_s)
+    if not ticks or ticks[-1] < head:
+        ticks.append(head)
+    series = fetch_series(conn, rule, devices, ticks[0], head)
+    evaluations = {}
+    for device, _ in devices:
+        evs = [signal_at(rule, series[device], t) for t in ticks]
+        if any(ev.signal is Signal.BREACH for ev in evs):
+            evaluations[device] = evs
+    if not evaluations:
+        return 0
+    states = load_states(conn, rule.id)
+    batch = []
+    for device, evs in evaluations.items():
+        _, transitions = run(evs, rule.timing, states.get(device))
+        if any(t.to_status in OPENING for t in transitions):
+            batch.append((device, evs))
+    recorded = 0
+    for i in range(0, len(batch), BATCH):
+        for _, _, transitions in advance_many(conn, meta, batch[i : i + BATCH], rule.timing):
+            recorded += len(transitions)
+    conn.commit()
+    return recorded
 
 
 def _health(conn: psycopg.Connection[Any], report: RuleReport) -> None:
@@ -484,9 +574,11 @@ def run_pass(
     since: datetime,
     step_s: float = 60.0,
     tz: str = "Asia/Shanghai",
+    early: bool = True,
 ) -> PassReport:
-    """Compute every record, then evaluate every rule, up to now − lateness; a failing record
-    or rule does not stop the rest."""
+    """Compute every record, then evaluate every rule, up to now − lateness (and up to now
+    for early firing, unless `early` is off); a failing record or rule does not stop the
+    rest."""
     ruleset = rules if isinstance(rules, RuleSet) else RuleSet([], rules)
     watermark = now.timestamp() - lateness_s
     out = PassReport(datetime.fromtimestamp(watermark, UTC))
@@ -511,6 +603,7 @@ def run_pass(
                     watermark=watermark,
                     since=since.timestamp(),
                     step_s=step_s,
+                    head=now.timestamp() if early else None,
                 )
             except FAILURES as exc:
                 out.rules.append(_failed(conn, rule.id, exc, started, record=False))
