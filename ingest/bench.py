@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--shape", choices=sorted(SHAPES), nargs="+", default=["3", "1", "100"])
     ap.add_argument("--workers", type=int, default=2, help="ingest processes (default 2)")
-    ap.add_argument("--publishers", type=int, default=2, help="publishing processes (default 2)")
+    ap.add_argument("--publishers", type=int, default=1, help="publishing processes (default 1)")
     ap.add_argument("--devices", type=int, default=10_000)
     ap.add_argument("--seconds", type=float, default=60.0, help="measured window (default 60)")
     ap.add_argument("--warmup", type=float, default=10.0)
