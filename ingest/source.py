@@ -70,8 +70,8 @@ class LeanClient(mqtt.Client):
     callbacks, and queues every acknowledgement as a packet of its own, each with a wake-up of
     the network thread. Here:
 
-    - reads come from a 64 KB buffer, and the network loop handles every packet already
-      buffered before it selects again;
+    - reads come from a 64 KB buffer; a turn of the network loop handles up to 256 buffered
+      packets, and the loop does not wait on `select` while some remain;
     - a QoS 0 or 1 PUBLISH is decoded here (MQTT 5 §3.3) and handed straight to `on_message`;
       properties are decoded (by paho) only when the packet carries some. No filtered
       callbacks (`message_callback_add` is refused), so no matcher walk;
@@ -87,6 +87,7 @@ class LeanClient(mqtt.Client):
     """
 
     READ_SIZE = 65536
+    DRAIN = 256  # buffered packets handled in one turn of paho's loop
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -180,13 +181,43 @@ class LeanClient(mqtt.Client):
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
-        # paho reads one packet per select; the rest of the buffer would wait for the next
-        # select, which only wakes for new bytes on the socket
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._rpos < len(self._rbuf):
-            if self._sock is None:
+        # paho reads one packet per turn of its loop. Handle what is already buffered, up to
+        # DRAIN packets: then return, so that the loop writes the acknowledgements queued
+        # meanwhile, keeps the connection alive and can be stopped. What is left in the buffer
+        # is reported by the socket's pending(), so the next turn reads it without waiting.
+        for _ in range(self.DRAIN):
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is None:
+                break
+            if self._rpos >= len(self._rbuf):
                 break
             rc = super().loop_read(max_packets)
         return rc
+
+    def _create_socket(self) -> Any:
+        return _BufferedSocket(super()._create_socket(), self)
+
+    def buffered(self) -> int:
+        return len(self._rbuf) - self._rpos
+
+
+class _BufferedSocket:
+    """The connection's socket as paho sees it: reads are buffered by LeanClient, and
+    `pending()` (which paho's loop asks TLS sockets) tells the loop that bytes wait in that
+    buffer, so that it reads them before waiting on `select` for new ones."""
+
+    def __init__(self, sock: Any, client: LeanClient) -> None:
+        self._sock = sock
+        self._client = client
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return int(inner) + self._client.buffered()
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 _PUBACK = struct.Struct("!BBH")  # type, remaining length 2, packet id: reason 0 implied

@@ -230,3 +230,46 @@ def test_inbox_waits_for_a_batch_to_fill_then_for_its_delay() -> None:
     batch = inbox.take(stop, max_messages=10, max_bytes=1 << 20, wait=2.0, delay=0.3)
     assert len(batch) == 1
     assert 0.2 < time.monotonic() - started < 1.5  # the delay, counted from its arrival
+
+
+def test_lean_client_keeps_writing_while_reading_a_backlog(broker: Mosquitto, prefix: str) -> None:
+    """A subscriber slower than the stream always finds more to read. Its loop must still turn:
+    acknowledgements go out and the connection stays alive (keep-alive 2 s here: the broker
+    drops a client it hears nothing from for 3 s), rather than reading forever."""
+    received = [0]
+    drops: list[Any] = []
+    client = LeanClient(
+        CallbackAPIVersion.VERSION2, client_id="lean-backlog", protocol=mqtt.MQTTv5,
+        manual_ack=True,
+    )  # fmt: skip
+    pending: list[int] = []
+
+    def on_message(c: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        received[0] += 1
+        pending.append(message.mid)
+        spin = time.perf_counter() + 0.001  # a slow consumer: 1 ms a message
+        while time.perf_counter() < spin:
+            pass
+        if len(pending) >= 50:
+            client.ack_many(pending[:])
+            pending.clear()
+
+    client.on_message = on_message
+    client.on_disconnect = lambda *a: drops.append(a[3])
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.ReceiveMaximum = 1000
+    client.connect("127.0.0.1", broker.port, keepalive=2, properties=props)
+    client.subscribe(f"{prefix}/#", qos=1)
+    client.loop_start()
+    time.sleep(0.3)
+    try:
+        with FastPublisher("127.0.0.1", broker.port, "lean-backlog-pub") as pub:
+            sent = 6000  # 24 MB: a backlog for 6 s, more than the socket buffers hold
+            pub.publish_many([(f"{prefix}/w".encode(), b"x" * 4000)] * sent)
+            pub.flush(30)
+        wait_until(lambda: received[0] >= sent, 120, f"{sent} messages")
+        assert drops == []  # never dropped for silence, so nothing came twice
+        assert received[0] == sent
+    finally:
+        client.disconnect()
+        client.loop_stop()
