@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from urbanpulse.contract.model import (
     DeviceRef,
     InboundMessage,
@@ -323,7 +325,17 @@ def _structure(v: _Validator, doc: Any) -> tuple[list[Reading], list[Rejection]]
 
 
 def decode_json(payload: bytes) -> Any:
-    """Strict JSON decoding of a payload; raises _Reject(BAD_JSON)."""
+    """Strict JSON decoding of a payload; raises _Reject(BAD_JSON).
+
+    orjson decodes what is plain RFC 8259 JSON, about four times as fast as the standard
+    library. Whatever it refuses goes through the standard library, which gives the detail a
+    device's owner can act on, and stays as lenient as it always was (NaN, integers beyond 64
+    bits, lone surrogates), so that such a payload is judged as before: by the checks on its
+    values, not by which decoder read it."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
