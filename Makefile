@@ -20,7 +20,8 @@ help:
 	@echo "make screenshots  refresh docs/console/*.png from the console's browser tests"
 	@echo "make fuzz      coverage-guided fuzzing of message validation for FUZZ_SECONDS (default $(FUZZ_SECONDS))"
 	@echo "make soak      the fault-injection run for SOAK_SECONDS (default $(SOAK_SECONDS)), then an overload run"
-	@echo "make bench     the ingest benchmark (BENCH_SECONDS per shape, default $(BENCH_SECONDS)) beside the broker and COPY ceilings"
+	@echo "make bench     the benchmark suite into build/bench-*.json: ingest (BENCH_SECONDS per shape, default $(BENCH_SECONDS))"
+	@echo "               beside the broker and COPY ceilings and Node-RED, rules over 10 000 and 100 000 devices, the API"
 
 install: $(STAMP)
 
@@ -58,7 +59,11 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	@mkdir -p build
-	$(BIN)/urbanpulse bench ingest --seconds $(BENCH_SECONDS) --json build/bench-ingest.json
+	$(BIN)/urbanpulse bench ingest --seconds $(BENCH_SECONDS) --json build/bench-ingest.json \
+		--sweep 5000 10000 15000 20000 25000 --plot build/bench-ingest.svg
+	$(BIN)/urbanpulse bench rules --devices 10000 --lateness 120 --json build/bench-rules-10k.json
+	$(BIN)/urbanpulse bench rules --devices 100000 --lateness 120 --json build/bench-rules-100k.json
+	$(BIN)/urbanpulse bench api --json build/bench-api.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -3,7 +3,7 @@
 In one run, on one machine, against the same broker and a database of its own:
 
 1. **Broker ceiling**: the publishers send the payloads at QoS 1 to a subscriber that only
-   counts (paho, QoS 1): what Mosquitto and a Python client can move here.
+   counts (paho with the workers' lean I/O, QoS 1): what Mosquitto can move here.
 2. **Database ceiling**: the same readings written by one binary `COPY` straight into the
    `readings` table, nothing else.
 3. **UrbanPulse**: `--workers` `urbanpulse ingest` processes and `urbanpulse rules run` with the
@@ -30,6 +30,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.loadgen import FastPublisher
+from ingest.source import LeanClient
 from simulators.publisher import Publisher
 from urbanpulse.broker import parse_broker_url
 from urbanpulse.db.connect import drop_database, where, with_database
@@ -312,7 +314,11 @@ def broker_ceiling(
     broker = parse_broker_url(mqtt_url)
     got = [0]
     last = [0.0]
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-count-{os.getpid()}")
+    # paho with the ingest workers' lean I/O: a stock paho subscriber spends ~5 times the CPU
+    # a message (python -m ingest.bench_client) and would measure itself, not the broker
+    sub = LeanClient(
+        CallbackAPIVersion.VERSION2, client_id=f"bench-count-{os.getpid()}", protocol=mqtt.MQTTv5
+    )
     if broker.username:
         sub.username_pw_set(broker.username, broker.password)
 
@@ -675,10 +681,20 @@ def main(argv: list[str] | None = None) -> int:
         default="node-red",
         help="also run Node-RED's typical flow on the first shape (from npm; default)",
     )
+    ap.add_argument(
+        "--peer-seconds",
+        type=float,
+        default=10.0,
+        help="the peer's window (default 10: Node-RED takes everything into memory at once and "
+        "drains it for minutes)",
+    )
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--plot", type=Path, help="write the sweep as an SVG chart here")
     args = ap.parse_args(argv)
     settings = load_settings()
+    # a SIGTERM unwinds like Ctrl-C: the broker, the services, the peer and the scratch
+    # databases are stopped and dropped by the finally blocks
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -769,10 +785,17 @@ def _shape(
         readings=min(2_000_000, max(200_000, int(broker["msg_per_s"] * shape * 3))),
         n_devices=args.devices,
     )
-    say("    UrbanPulse: ingest workers and the rules runner")
+    # never offer more than the database could take with a bare COPY: past that, the window
+    # only piles a backlog in the broker (gigabytes with gateway batches) that takes minutes
+    # to drain, and the product is saturated either way
+    offered = args.rate or copy["readings_per_s"] / shape
+    say(
+        "    UrbanPulse: ingest workers and the rules runner"
+        + ("" if args.rate else f" (offered at most the COPY ceiling: {offered:,.0f} msg/s)")
+    )
     prod = product_run(
         db_url, mqtt_url, workdir, shape=shape, workers=args.workers, n_devices=args.devices,
-        warmup=args.warmup, seconds=args.seconds, procs=args.publishers, rate=args.rate, say=say,
+        warmup=args.warmup, seconds=args.seconds, procs=args.publishers, rate=offered, say=say,
         alert_wait=args.alert_wait,
     )  # fmt: skip
     return {
@@ -810,7 +833,7 @@ def _peer(
     say(f"  peer: Node-RED, shape {name}")
     peer = peer_run(
         db_url, mqtt_url, workdir, shape=SHAPES[name], n_devices=args.devices,
-        seconds=args.seconds, procs=args.publishers, say=say, rate=args.rate,
+        seconds=args.peer_seconds, procs=args.publishers, say=say, rate=args.rate,
     )  # fmt: skip
     mine = ours[name]["product"]["sustained_msg_per_s"]
     out = asdict(peer)

@@ -1,6 +1,7 @@
 """Evaluation time per tick of the whole catalogue over a large fleet, beside its baseline.
 
-    python -m rules.bench [--devices 10000] [--ticks 5] [--lateness 0] [--database-url URL]
+    python -m rules.bench [--devices 10000] [--ticks 5] [--lateness 0] [--json FILE]
+                          [--database-url URL]
 
 Creates (and drops) its own database and provisions `--devices` devices in the shares of a
 city (customer meters in DMAs with their inlet meters, depth gauges on carriageways, car parks
@@ -18,10 +19,14 @@ Prints medians.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import statistics
+import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -190,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         help="allowed lateness of the live passes, seconds (the runner's default is 120: the "
         "passes then also evaluate the head, from the watermark to now, for early firing)",
     )
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     registry = default_registry()
     catalogue = load_rules(catalogue_files(), registry)
@@ -219,9 +225,10 @@ def main(argv: list[str] | None = None) -> None:
                 since=now - timedelta(hours=2),
                 tz=TZ.key,
             )
+            catch_up = time.perf_counter() - t
             slow = sorted(first.rules, key=lambda r: -r.duration_ms)[:5]
             print(
-                f"  catching up 2 h, with the day's records: {time.perf_counter() - t:.2f} s "
+                f"  catching up 2 h, with the day's records: {catch_up:.2f} s "
                 f"(slowest: {', '.join(f'{r.rule_id} {r.duration_ms:.0f} ms' for r in slow)})",
                 flush=True,
             )
@@ -260,6 +267,31 @@ def main(argv: list[str] | None = None) -> None:
             f"baseline (readings queries alone) {floor:.2f} s; ratio {tick / floor:.1f}"
         )
         print("firing: " + ", ".join(f"{r} {n}" for r, n in firing))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                        "devices": fleet,
+                        "readings": n,
+                        "rules": len(rules),
+                        "records": len(catalogue.records),
+                        "kpis": len(catalogue.kpis),
+                        "lateness_s": args.lateness,
+                        "catch_up_s": round(catch_up, 2),
+                        "tick_s": [round(t, 3) for t in ticks],
+                        "baseline_s": [round(f, 3) for f in floors],
+                        "median_tick_s": round(tick, 3),
+                        "median_baseline_s": round(floor, 3),
+                        "ratio": round(tick / floor, 2),
+                        "firing": dict(firing),
+                    },
+                    indent=1,
+                )
+            )
+            print(f"wrote {args.json}")
     finally:
         drop_database(url)
 
