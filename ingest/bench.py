@@ -177,11 +177,19 @@ def _publisher(load: Load, index: int, result: Any) -> None:
             if share:
                 pub.idle(max(0.0, started + sent / share - time.monotonic()))
         pub.flush(timeout=300)
-        result.put((index, sent, time.monotonic() - started))
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        result.put((index, sent, time.monotonic() - started, own.ru_maxrss / 1024))
 
 
-def publish_for(load: Load) -> tuple[int, float]:
-    """Messages sent (all acknowledged by the broker) and the seconds it took."""
+@dataclass(frozen=True)
+class Published:
+    messages: int  # all acknowledged by the broker
+    seconds: float
+    peak_rss_mb: float  # the largest publishing process's
+
+
+def publish_for(load: Load) -> Published:
+    """Publish the load from its processes; what was sent, in how long."""
     ctx = mp.get_context("fork")
     results = ctx.Queue()
     workers = [ctx.Process(target=_publisher, args=(load, k, results)) for k in range(load.procs)]
@@ -190,7 +198,7 @@ def publish_for(load: Load) -> tuple[int, float]:
     got = [results.get(timeout=load.seconds + 600) for _ in workers]
     for w in workers:
         w.join()
-    return sum(g[1] for g in got), max(g[2] for g in got)
+    return Published(sum(g[1] for g in got), max(g[2] for g in got), max(g[3] for g in got))
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -332,7 +340,7 @@ def broker_ceiling(
     sub.loop_start()
     time.sleep(0.5)
     started = time.monotonic()
-    sent, _ = publish_for(Load(mqtt_url, shape, prefix, n_devices, seconds, procs))
+    sent = publish_for(Load(mqtt_url, shape, prefix, n_devices, seconds, procs)).messages
     deadline = time.monotonic() + 120
     while got[0] < sent and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -422,7 +430,7 @@ def _server_watches() -> dict[str, Watch]:
 def _warm_up(load: Load, db_url: str) -> int:
     """Publish for the load's time and wait until it is all stored; the count then."""
     base = _count(db_url)
-    sent, _ = publish_for(load)
+    sent = publish_for(load).messages
     deadline = time.monotonic() + 300
     while _count(db_url) < base + sent * load.shape and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -445,7 +453,8 @@ def _measure(
     t0 = time.monotonic()
     wall0 = datetime.now(UTC)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    sent, took = publish_for(load)
+    published = publish_for(load)
+    sent, took = published.messages, published.seconds
     t1 = time.monotonic()
     out.stored_in_window = _count(db_url) - base
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -453,7 +462,7 @@ def _measure(
         out.usage[name] = w.end()
     out.usage["publishers"] = Usage(
         round(children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime, 2),
-        round(children1.ru_maxrss / 1024, 1),
+        round(published.peak_rss_mb, 1),  # RUSAGE_CHILDREN's would be any child's, the peer's
     )
     out.window_s = round(t1 - t0, 2)
     out.published_messages = sent

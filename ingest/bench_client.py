@@ -70,7 +70,7 @@ def trial(broker: Broker, lean: bool, seconds: float, index: int) -> tuple[float
     time.sleep(0.5)
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
-    sent, _ = publish_for(Load(broker.url, 3, prefix, 10_000, seconds, 1))
+    sent = publish_for(Load(broker.url, 3, prefix, 10_000, seconds, 1)).messages
     while got[0] < sent and time.monotonic() - started < seconds + 120:
         time.sleep(0.01)
     took = time.monotonic() - started
