@@ -275,6 +275,12 @@ def test_timescale_path_hypertable_policies_and_continuous_aggregates() -> None:
                 [],
             )
             assert (res.inserted, res.duplicates) == (1, 1)
+            # a batch of new readings only: one COPY straight into the compressed chunk, then
+            # the same batch again: refused by the key there, absorbed by the merge
+            fresh = [Reading("wn1", "volume", T0 + timedelta(minutes=m), 101.0) for m in (7, 9)]
+            assert store_batch(conn, fresh, []).inserted == 2
+            again_res = store_batch(conn, fresh, [])
+            assert (again_res.inserted, again_res.duplicates) == (0, 2)
 
 
 def test_auto_mode_falls_back_to_plain_postgresql_when_timescale_cannot_load() -> None:
