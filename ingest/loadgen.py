@@ -24,6 +24,8 @@ import struct
 import time
 from collections import deque
 
+from ingest.source import decode_varint
+
 NO_MATCHING_SUBSCRIBERS = 0x10
 RESEND_AFTER_S = 0.5
 GIVE_UP_S = 30.0
@@ -120,17 +122,10 @@ class FastPublisher:
         now = time.monotonic()
         while end - pos >= 2:
             kind = buf[pos] & 0xF0
-            length, shift, at = 0, 0, pos + 1
-            while at < end:
-                byte = buf[at]
-                length |= (byte & 0x7F) << shift
-                at += 1
-                if not byte & 0x80:
-                    break
-                shift += 7
-            else:
+            decoded = decode_varint(buf, pos + 1)
+            if decoded is None:
                 break  # the length itself is incomplete
-            start = at
+            length, start = decoded
             if end < start + length:
                 break
             if kind == 0x40:  # PUBACK: packet id, then an optional reason code
@@ -215,8 +210,11 @@ class FastPublisher:
             _, packet, first = self._refused.popleft()
             pid = self._ids(1)[0]
             # same packet with the DUP flag off (it is a new delivery) and a new id
-            topic_len = struct.unpack_from("!H", packet, 1 + _varint_len(packet, 1))[0]
-            at = 1 + _varint_len(packet, 1) + 2 + topic_len
+            decoded = decode_varint(packet, 1)
+            assert decoded is not None  # a packet of our own
+            topic_at = decoded[1]
+            topic_len = struct.unpack_from("!H", packet, topic_at)[0]
+            at = topic_at + 2 + topic_len
             fresh = packet[:at] + struct.pack("!H", pid) + packet[at + 2 :]
             self._first_refusal[fresh] = first
             self.inflight[pid] = fresh
@@ -260,27 +258,12 @@ class FastPublisher:
         self.close()
 
 
-def _varint_len(buf: bytes, at: int) -> int:
-    n = 1
-    while buf[at + n - 1] & 0x80:
-        n += 1
-    return n
-
-
 def _split(buf: bytes) -> tuple[int, bytes, bytes] | None:
     """The first whole packet of `buf` (type, body, the rest), or None."""
-    if len(buf) < 2:
+    decoded = decode_varint(buf, 1) if buf else None
+    if decoded is None:
         return None
-    length, mult, at = 0, 1, 1
-    while True:
-        if at >= len(buf):
-            return None
-        byte = buf[at]
-        length += (byte & 0x7F) * mult
-        mult *= 128
-        at += 1
-        if not byte & 0x80:
-            break
+    length, at = decoded
     if len(buf) < at + length:
         return None
     return buf[0] & 0xF0, buf[at : at + length], buf[at + length :]
@@ -288,16 +271,10 @@ def _split(buf: bytes) -> tuple[int, bytes, bytes] | None:
 
 def _receive_maximum(props: bytes) -> int:
     """Receive Maximum (property 0x21) from CONNACK properties; 65 535 when absent."""
-    if not props:
+    decoded = decode_varint(props, 0)
+    if decoded is None:
         return 65535
-    length, mult, at = 0, 1, 0
-    while True:
-        byte = props[at]
-        length += (byte & 0x7F) * mult
-        mult *= 128
-        at += 1
-        if not byte & 0x80:
-            break
+    length, at = decoded
     end = at + length
     while at < end:
         prop = props[at]

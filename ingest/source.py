@@ -124,16 +124,14 @@ class LeanClient(mqtt.Client):
                 raise MalformedPacket("PUBLISH too short for its packet identifier")
             mid = (packet[at] << 8) | packet[at + 1]
             at += 2
-        props_len, shift, start = 0, 0, at
-        while True:  # the properties' length, a variable byte integer
-            if at >= size or at - start >= 4:
-                raise MalformedPacket("PUBLISH properties length malformed")
-            byte = packet[at]
-            props_len |= (byte & 0x7F) << shift
-            at += 1
-            if not byte & 0x80:
-                break
-            shift += 7
+        start = at
+        try:
+            decoded = decode_varint(packet, at)  # the properties' length
+        except ValueError as exc:
+            raise MalformedPacket(f"PUBLISH properties length: {exc}") from exc
+        if decoded is None:
+            raise MalformedPacket("PUBLISH properties length malformed")
+        props_len, at = decoded
         properties = None
         if props_len:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -218,6 +216,21 @@ class _BufferedSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def decode_varint(buf: bytes | bytearray, at: int) -> tuple[int, int] | None:
+    """An MQTT variable byte integer at `at`: (value, position after it), or None when `buf`
+    ends first. More than four bytes is malformed (ValueError)."""
+    value = shift = 0
+    for pos in range(at, min(at + 4, len(buf))):
+        byte = buf[pos]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos + 1
+        shift += 7
+    if len(buf) >= at + 4:
+        raise ValueError("variable byte integer longer than four bytes")
+    return None
 
 
 _PUBACK = struct.Struct("!BBH")  # type, remaining length 2, packet id: reason 0 implied

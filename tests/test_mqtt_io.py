@@ -273,3 +273,15 @@ def test_lean_client_keeps_writing_while_reading_a_backlog(broker: Mosquitto, pr
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def test_variable_byte_integers() -> None:
+    from ingest.source import decode_varint
+
+    assert decode_varint(b"\x00", 0) == (0, 1)
+    assert decode_varint(b"\x10\x7f", 1) == (127, 2)
+    assert decode_varint(b"\x80\x01", 0) == (128, 2)
+    assert decode_varint(b"\xff\xff\xff\x7f", 0) == (268_435_455, 4)  # the largest
+    assert decode_varint(b"\x80", 0) is None  # continues past the end
+    with pytest.raises(ValueError):
+        decode_varint(b"\xff\xff\xff\xff\x01", 0)
