@@ -85,9 +85,9 @@ class FastPublisher:
         self.window = _receive_maximum(data[2:])
         self.sock.setblocking(False)
         self._next_id = 0
-        self.inflight: dict[int, bytes] = {}  # packet id → PUBLISH packet (for a resend)
-        self._refused: deque[tuple[float, bytes, float]] = deque()  # due, packet, first refusal
-        self._first_refusal: dict[bytes, float] = {}
+        # packet id → (topic, payload, first "no matching subscribers" or None): for a resend
+        self.inflight: dict[int, tuple[bytes, bytes, float | None]] = {}
+        self._refused: deque[tuple[float, bytes, bytes, float]] = deque()  # due, message, first
         self.sent = 0
         self.acked = 0
         self.resent = 0
@@ -131,20 +131,19 @@ class FastPublisher:
             if kind == 0x40:  # PUBACK: packet id, then an optional reason code
                 pid = (buf[start] << 8) | buf[start + 1]
                 reason = buf[start + 2] if length > 2 else 0
-                packet = self.inflight.pop(pid, None)
-                if packet is None:
+                entry = self.inflight.pop(pid, None)
+                if entry is None:
                     raise LoadGenError(f"PUBACK for unknown packet id {pid}")
                 if reason == NO_MATCHING_SUBSCRIBERS:
-                    first = self._first_refusal.setdefault(packet, now)
+                    topic, payload, first = entry
+                    first = now if first is None else first
                     if now - first > GIVE_UP_S:
                         raise LoadGenError(f"no subscriber took a message for {GIVE_UP_S:.0f} s")
-                    self._refused.append((now + RESEND_AFTER_S, packet, first))
+                    self._refused.append((now + RESEND_AFTER_S, topic, payload, first))
                 elif reason >= 0x80:
                     raise LoadGenError(f"the broker refused a message, reason {reason:#x}")
                 else:
                     self.acked += 1
-                    if self._first_refusal:
-                        self._first_refusal.pop(packet, None)
             elif kind == 0xE0:
                 raise LoadGenError("the broker sent DISCONNECT")
             pos = start + length
@@ -172,20 +171,8 @@ class FastPublisher:
             chunk = messages[i : i + room]
             out = []
             for pid, (topic, payload) in zip(self._ids(len(chunk)), chunk, strict=True):
-                # fixed header, topic, packet id, no properties, payload
-                rest = 2 + len(topic) + 2 + 1 + len(payload)
-                packet = b"".join(
-                    (
-                        b"\x32",
-                        _varint(rest),
-                        struct.pack("!H", len(topic)),
-                        topic,
-                        struct.pack("!HB", pid, 0),
-                        payload,
-                    )
-                )
-                self.inflight[pid] = packet
-                out.append(packet)
+                self.inflight[pid] = (topic, payload, None)
+                out.append(_publish_packet(pid, topic, payload))
             self._send(b"".join(out))
             self.sent += len(chunk)
             i += len(chunk)
@@ -207,18 +194,10 @@ class FastPublisher:
     def _resend_due(self) -> None:
         now = time.monotonic()
         while self._refused and self._refused[0][0] <= now:
-            _, packet, first = self._refused.popleft()
-            pid = self._ids(1)[0]
-            # same packet with the DUP flag off (it is a new delivery) and a new id
-            decoded = decode_varint(packet, 1)
-            assert decoded is not None  # a packet of our own
-            topic_at = decoded[1]
-            topic_len = struct.unpack_from("!H", packet, topic_at)[0]
-            at = topic_at + 2 + topic_len
-            fresh = packet[:at] + struct.pack("!H", pid) + packet[at + 2 :]
-            self._first_refusal[fresh] = first
-            self.inflight[pid] = fresh
-            self._send(fresh)
+            _, topic, payload, first = self._refused.popleft()
+            pid = self._ids(1)[0]  # a new delivery: a new id, no DUP flag
+            self.inflight[pid] = (topic, payload, first)
+            self._send(_publish_packet(pid, topic, payload))
             self.resent += 1
 
     def flush(self, timeout: float = 120.0) -> None:
@@ -256,6 +235,15 @@ class FastPublisher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _publish_packet(pid: int, topic: bytes, payload: bytes) -> bytes:
+    """A QoS 1 PUBLISH: fixed header, topic, packet id, no properties, payload."""
+    rest = 2 + len(topic) + 2 + 1 + len(payload)
+    return b"".join(
+        (b"\x32", _varint(rest), struct.pack("!H", len(topic)), topic, struct.pack("!HB", pid, 0),
+         payload)
+    )  # fmt: skip
 
 
 def _split(buf: bytes) -> tuple[int, bytes, bytes] | None:
