@@ -132,6 +132,8 @@ class LeanClient(mqtt.Client):
         if decoded is None:
             raise MalformedPacket("PUBLISH properties length malformed")
         props_len, at = decoded
+        if at + props_len > size:
+            raise MalformedPacket("PUBLISH properties longer than the packet")
         properties = None
         if props_len:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -139,8 +141,6 @@ class LeanClient(mqtt.Client):
                 properties.unpack(packet[start:])  # type: ignore[no-untyped-call]
             except Exception as exc:
                 raise MalformedPacket(f"PUBLISH properties: {exc}") from exc
-        if at + props_len > size:
-            raise MalformedPacket("PUBLISH properties longer than the packet")
         message = mqtt.MQTTMessage(mid=mid, topic=topic)
         message.dup = bool(header & 0x08)
         message.qos = qos
