@@ -360,9 +360,7 @@ def _committed(
         if device not in states and not run(evaluations, rule.timing)[1]:
             continue  # at rest and staying at rest: nothing to write (the watermark covers it)
         batch.append((device, evaluations))
-    for i in range(0, len(batch), BATCH):
-        for _, _, transitions in advance_many(conn, meta, batch[i : i + BATCH], rule.timing):
-            report.transitions += len(transitions)
+    report.transitions += _advance(conn, meta, batch, rule)
 
 
 def fires_early(rule: Rule) -> bool:
@@ -407,16 +405,26 @@ def _head(  # noqa: PLR0917 - the evaluation's context, in evaluate_rule's order
     if not evaluations:
         return 0
     states = load_states(conn, rule.id)
-    batch = []
+    batch: list[tuple[str, list[Evaluation]]] = []
     for device, evs in evaluations.items():
         _, transitions = run(evs, rule.timing, states.get(device))
         if any(t.to_status in OPENING for t in transitions):
             batch.append((device, evs))
+    return _advance(conn, meta, batch, rule)
+
+
+def _advance(
+    conn: psycopg.Connection[Any],
+    meta: AlertMeta,
+    batch: list[tuple[str, list[Evaluation]]],
+    rule: Rule,
+) -> int:
+    """Fold the entities' evaluations into their saved states, BATCH entities a transaction;
+    the transitions recorded."""
     recorded = 0
     for i in range(0, len(batch), BATCH):
         for _, _, transitions in advance_many(conn, meta, batch[i : i + BATCH], rule.timing):
             recorded += len(transitions)
-    conn.commit()
     return recorded
 
 
