@@ -178,13 +178,15 @@ def _publisher(load: Load, index: int, result: Any) -> None:
                 pub.idle(max(0.0, started + sent / share - time.monotonic()))
         pub.flush(timeout=300)
         own = resource.getrusage(resource.RUSAGE_SELF)
-        result.put((index, sent, time.monotonic() - started, own.ru_maxrss / 1024))
+        cpu = own.ru_utime + own.ru_stime  # a forked child's counters start at zero
+        result.put((index, sent, time.monotonic() - started, cpu, own.ru_maxrss / 1024))
 
 
 @dataclass(frozen=True)
 class Published:
     messages: int  # all acknowledged by the broker
     seconds: float
+    cpu_s: float  # all publishing processes'
     peak_rss_mb: float  # the largest publishing process's
 
 
@@ -198,7 +200,12 @@ def publish_for(load: Load) -> Published:
     got = [results.get(timeout=load.seconds + 600) for _ in workers]
     for w in workers:
         w.join()
-    return Published(sum(g[1] for g in got), max(g[2] for g in got), max(g[3] for g in got))
+    return Published(
+        sum(g[1] for g in got),
+        max(g[2] for g in got),
+        sum(g[3] for g in got),
+        max(g[4] for g in got),
+    )
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -452,18 +459,14 @@ def _measure(
         w.begin()
     t0 = time.monotonic()
     wall0 = datetime.now(UTC)
-    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     published = publish_for(load)
     sent, took = published.messages, published.seconds
     t1 = time.monotonic()
     out.stored_in_window = _count(db_url) - base
-    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     for name, w in watches.items():
         out.usage[name] = w.end()
-    out.usage["publishers"] = Usage(
-        round(children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime, 2),
-        round(published.peak_rss_mb, 1),  # RUSAGE_CHILDREN's would be any child's, the peer's
-    )
+    # their own counts: RUSAGE_CHILDREN's peak would be any reaped child's (the peer's)
+    out.usage["publishers"] = Usage(round(published.cpu_s, 2), round(published.peak_rss_mb, 1))
     out.window_s = round(t1 - t0, 2)
     out.published_messages = sent
     out.published_readings = sent * load.shape
