@@ -1,6 +1,10 @@
 """The series behind an alert, for the small chart beside it: the readings (or recorded values)
 the rule read, around the breach, in at most `POINTS` buckets; with the rule's threshold and,
-for air alerts, the HJ 633 AQI level of the alert's value (its colour is the standard's)."""
+for air alerts, the HJ 633 AQI level of the alert's value (its colour is the standard's).
+
+The window follows the alert, not the clock: it runs from before the breach began to the alert's
+final value (resolved) or its latest value (still open), however long ago that was. An alert that
+has been firing for weeks, or whose devices fell silent, still shows the data that raised it."""
 
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ from urbanpulse.contract.registry import default_registry
 
 POINTS = 60  # a sparkline wider than this shows nothing more on a phone
 LEAD = timedelta(hours=6)  # at least this is shown before the breach began, so the rise shows
-TAIL = timedelta(hours=1)  # shown after it ended
-MAX_SPAN = timedelta(days=14)
+TAIL = timedelta(hours=1)  # shown after it ended, or after its latest value
+# an alert open for longer shows its most recent part: a half-year of one device's readings is
+# still one index range scan, and 60 points of 3 days each are still a readable trend
+MAX_SPAN = timedelta(days=183)
 MIN_STEP = timedelta(minutes=1)
 LONGEST_PERIOD = timedelta(days=366)  # of a recorded value: bounds the primary-key scan below
 
@@ -32,14 +38,38 @@ _RECORDED = """
        AND period_end <= %(hi)s AND period_start > %(lo)s - %(longest)s AND period_start < %(hi)s
      GROUP BY 1 ORDER BY 1
 """
+# the latest value before the alert's horizon: a backward walk of the primary key, one row
+_LATEST_READING = """
+    SELECT ts FROM readings WHERE device_id = %(entity)s AND metric = %(name)s AND ts < %(hi)s
+     ORDER BY ts DESC LIMIT 1
+"""
+_LATEST_RECORDED = """
+    SELECT period_end AS ts FROM recorded
+     WHERE series = %(name)s AND entity = %(entity)s AND period_start < %(hi)s
+       AND period_end <= %(hi)s
+     ORDER BY period_start DESC LIMIT 1
+"""
+
+
+def horizon(ended_at: datetime | None, now: datetime) -> datetime:
+    """The latest instant that belongs to an alert: shortly after it ended, or now if open."""
+    return min(ended_at + TAIL, now) if ended_at else now
 
 
 def window(
-    pending_at: datetime, ended_at: datetime | None, now: datetime, lead: timedelta = LEAD
+    pending_at: datetime,
+    ended_at: datetime | None,
+    now: datetime,
+    lead: timedelta = LEAD,
+    latest: datetime | None = None,
 ) -> tuple[datetime, datetime, timedelta]:
-    """[start, end) and the bucket width: the breach with `lead` before it, at most `MAX_SPAN`
-    (its most recent part) and `POINTS` buckets of whole minutes."""
-    end = min(ended_at + TAIL, now) if ended_at else now
+    """[start, end) and the bucket width. `latest` is the time of the series' latest value
+    before the alert's `horizon` (None when it has none): the window ends shortly after it,
+    so an alert whose data stopped long ago still draws that data. It starts `lead` before
+    the breach, spans at most `MAX_SPAN` (its most recent part) in `POINTS` buckets of whole
+    minutes."""
+    last = max(latest, pending_at) if latest is not None else pending_at
+    end = min(horizon(ended_at, now), last + TAIL)
     start = max(min(pending_at - lead, end - lead), end - MAX_SPAN)
     minutes = max(1, math.ceil((end - start).total_seconds() / (60 * POINTS)))
     return start, end, max(MIN_STEP, timedelta(minutes=minutes))
@@ -91,7 +121,21 @@ async def alert_series(conn: AConn, state: ApiState, alert_id: int) -> AlertSeri
     rule = state.rules.get(row["rule_id"])
     # a daily series needs days of lead to show more than a point
     lead = max(LEAD, timedelta(seconds=3 * rule.window)) if rule else LEAD
-    start, end, step = window(row["pending_at"], row["ended_at"], row["now"], lead)
+    name = (rule.series.metric or rule.series.recorded) if rule else None
+    latest: datetime | None = None
+    if rule is not None and name is not None:
+        found = await (
+            await conn.execute(
+                _LATEST_READING if rule.series.metric is not None else _LATEST_RECORDED,
+                {
+                    "entity": row["entity"],
+                    "name": name,
+                    "hi": horizon(row["ended_at"], row["now"]),
+                },
+            )
+        ).fetchone()
+        latest = found["ts"] if found else None
+    start, end, step = window(row["pending_at"], row["ended_at"], row["now"], lead, latest)
     out: dict[str, Any] = {
         "alert_id": alert_id,
         "start": start,
@@ -107,7 +151,6 @@ async def alert_series(conn: AConn, state: ApiState, alert_id: int) -> AlertSeri
     out["threshold"] = condition.value if condition else None
     out["clear"] = condition.clear if condition else None
     out["aqi"] = aqi_band(rule, row["value"])
-    name = rule.series.metric or rule.series.recorded
     if name is None:  # quarantine rules count rejected messages: no series to draw
         return AlertSeries(kind="none", name=None, unit="", value_unit="", **out)
     unit = _unit(state, rule)

@@ -87,10 +87,16 @@ def api_server() -> Iterator[ApiServer]:
 def notification_link(server: ApiServer, alert_id: int) -> str:
     """The acknowledgement link of the alert's department, taken from the message the notifier
     plans for it (the address points at `server`)."""
-    with psycopg.connect(server.db_url) as conn:
+    return link_for(server.db_url, server.url, alert_id)
+
+
+def link_for(db_url: str, api_url: str, alert_id: int, department: str | None = None) -> str:
+    """`notification_link` for any database and API server; `department` chooses among the
+    departments an alert goes to when it goes to several."""
+    with psycopg.connect(db_url) as conn:
         key = link_key(conn)
         config = load_config().model_copy(
-            update={"group_wait": 0.0, "ack_url": server.url + "/ack/{token}"}
+            update={"group_wait": 0.0, "ack_url": api_url + "/ack/{token}"}
         )
         ctx = Context(
             config,
@@ -109,9 +115,14 @@ def notification_link(server: ApiServer, alert_id: int) -> str:
     found = {
         u
         for b in bodies
-        for u in re.findall(re.escape(server.url) + r"/ack/[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", b)
+        for u in re.findall(re.escape(api_url) + r"/ack/[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", b)
     }
-    mine = [u for u in found if verify(key, u.rsplit("/", 1)[1], time.time()).alert_id == alert_id]
+    claims = {u: verify(key, u.rsplit("/", 1)[1], time.time()) for u in found}
+    mine = [
+        u
+        for u, c in claims.items()
+        if c.alert_id == alert_id and department in (None, c.department)
+    ]
     # the message is signed per alert and department
     assert len(mine) == 1, (alert_id, found, bodies)
     return str(mine[0])

@@ -20,13 +20,15 @@ import httpx
 import psycopg
 import pytest
 
-from api.alert_series import window
+from api.alert_series import LEAD, MAX_SPAN, window
 from rules.aqi import iaqi, load_standard
+from rules.runner import run_pass
 from tests.apiserver import (
     CATALOGUE,
     PONDING_POINT,
     ApiServer,
     api_server,
+    link_for,
     notification_link,
     raise_ponding,
     start_api,
@@ -358,15 +360,101 @@ def test_an_alerts_series_is_what_its_rule_read_around_the_breach(server: ApiSer
 
 def test_series_window_leads_the_breach_and_stays_bounded() -> None:
     now = datetime(2026, 7, 10, 12, tzinfo=UTC)
-    start, end, step = window(now - timedelta(hours=2), None, now)
+    start, end, step = window(now - timedelta(hours=2), None, now, latest=now)
     assert (end, start, step) == (now, now - timedelta(hours=8), timedelta(minutes=8))
     ended = now - timedelta(days=1)
-    start, end, _ = window(ended - timedelta(hours=1), ended, now, timedelta(days=3))
+    start, end, _ = window(ended - timedelta(hours=1), ended, now, timedelta(days=3), ended)
     assert end == ended + timedelta(hours=1) and start == ended - timedelta(days=3, hours=1)
-    start, end, step = window(now - timedelta(days=90), None, now)
-    assert end - start == timedelta(days=14) and (end - start) / step <= 60
-    _, _, step = window(now - timedelta(minutes=1), None, now)
+    # open for 90 days with fresh data: the breach and today in one chart of 60 points
+    start, end, step = window(now - timedelta(days=90), None, now, latest=now)
+    assert (start, end) == (now - timedelta(days=90, hours=6), now) and (end - start) / step <= 60
+    # open for a year: its most recent half-year
+    start, end, _ = window(now - timedelta(days=365), None, now, latest=now)
+    assert end == now and end - start == MAX_SPAN
+    _, _, step = window(now - timedelta(minutes=1), None, now, latest=now)
     assert step >= timedelta(minutes=1)
+
+
+def test_series_window_follows_the_alert_not_the_clock() -> None:
+    """An alert whose data stopped weeks ago is drawn around its breach and its latest value,
+    whether it is still open or was resolved, and whatever today's date is."""
+    breach = datetime(2026, 3, 1, 8, tzinfo=UTC)
+    last = breach + timedelta(hours=5)
+    for now in (breach + timedelta(days=20), breach + timedelta(days=3000)):
+        start, end, _ = window(breach, None, now, latest=last)
+        assert (start, end) == (breach - LEAD, last + timedelta(hours=1))
+        start, end, _ = window(breach, last, now, latest=last)
+        assert (start, end) == (breach - LEAD, last + timedelta(hours=1))
+        # no data at all (a silent device): the moments around the breach
+        start, end, _ = window(breach, None, now)
+        assert (start, end) == (breach - LEAD, breach + timedelta(hours=1))
+    # resolved by hand long after its data stopped: still its data, not the days since
+    resolved = breach + timedelta(days=30)
+    start, end, _ = window(breach, resolved, resolved + timedelta(days=1), latest=last)
+    assert end == last + timedelta(hours=1)
+
+
+def _old_ponding(db_url: str, age: timedelta) -> None:
+    """Two carriageway gauges flood `age` before the run; the ponding rule raises an alert on
+    each, and one of them clears."""
+    rule = next(r for r in CATALOGUE.rules if r.id == "flood.ponding_15cm")
+    t0 = (datetime.now(UTC) - age).replace(second=0, microsecond=0)
+    rows: list[tuple[str, datetime, float]] = []
+    with psycopg.connect(db_url) as conn:
+        for device, clears in (("fl-old-open", False), ("fl-old-done", True)):
+            conn.execute(
+                "INSERT INTO devices (device_id, domain, kind, name, report_interval_s, "
+                "attributes) VALUES (%s, 'flood', 'depth_gauge', '老城下穿道', 60, "
+                "'{\"carriageway\": true}')",
+                (device,),
+            )
+            depth = [2.0] * 30 + [31.0] * 15 + ([1.0] * 20 if clears else [])
+            rows += [(device, t0 + timedelta(minutes=m), v) for m, v in enumerate(depth)]
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO readings (device_id, metric, ts, value) VALUES (%s, 'depth', %s, %s)",
+                rows,
+            )
+        conn.commit()
+        report = run_pass(
+            conn,
+            [rule],
+            default_registry(),
+            now=t0 + timedelta(minutes=70),
+            lateness_s=0,
+            since=t0,
+        )
+        assert not report.failed, report
+
+
+def test_an_alert_older_than_two_weeks_draws_its_chart(db_url: str) -> None:
+    """40 days old, older than the 14 days the chart once counted back from now: the chart
+    still shows the breach, on the console's route and on a notification link's, for an alert
+    still open (its gauge fell silent) and for one resolved."""
+    age = timedelta(days=40)
+    _old_ponding(db_url, age)
+    with psycopg.connect(db_url) as conn:
+        token, _ = create_token(conn, "old-viewer", Role.VIEWER)
+    with (
+        start_api(db_url) as (url, _),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c,
+    ):
+        found = c.get("/api/v1/alerts", params={"rule_id": "flood.ponding_15cm"}).json()
+        got = {a["entity"]: a for a in found["items"]}
+        assert {d: a["status"] for d, a in got.items()} == {
+            "fl-old-open": "firing",
+            "fl-old-done": "resolved",
+        }
+        for alert in got.values():
+            s = c.get(f"/api/v1/alerts/{alert['id']}/series").json()
+            pending = datetime.fromisoformat(alert["pending_at"])
+            start, end = datetime.fromisoformat(s["start"]), datetime.fromisoformat(s["end"])
+            assert start <= pending - LEAD and pending < end < datetime.now(UTC) - age / 2
+            values = [p["value"] for p in s["points"]]
+            assert values and max(values) >= 15 > min(values), s  # the rise is in the chart
+        link = link_for(db_url, url, got["fl-old-open"]["id"], "区住房城乡建委").rsplit("/", 1)[1]
+        linked = httpx.get(f"{url}/api/v1/ack/{link}/series").json()
+        assert linked["alert_id"] == got["fl-old-open"]["id"] and linked["points"]
 
 
 # --- devices, readings, series -----------------------------------------------------------------
