@@ -254,8 +254,33 @@ def _is_cagg(conn: psycopg.Connection[Any], name: str) -> bool:
     )
 
 
+# When TimescaleDB's background jobs run, as offsets from local midnight. Left to itself, every
+# policy added runs at once, and `migrate` re-adds them on every run: compression and retention
+# of the same hypertable then take each other's locks and one dies with "deadlock detected"
+# (seen on 2.28.3). Fixed, staggered slots keep them apart, off-peak, and the same after every
+# migrate. The rollups' refreshes run every few minutes on minute marks of their own, and their
+# retention falls between two refreshes.
+COMPRESSION_SLOT = (timedelta(hours=2, minutes=10), timedelta(hours=12))  # (offset, every)
+RETENTION_SLOT = (timedelta(hours=3, minutes=40), timedelta(days=1))
+ROLLUP_REFRESH_OFFSET = timedelta(minutes=1)  # + a minute for each further rollup
+ROLLUP_RETENTION_OFFSET = timedelta(hours=4, minutes=13, seconds=30)  # + 30 min for each further
+
+
+def _next_slot(
+    conn: psycopg.Connection[Any], policy: StoragePolicy, offset: timedelta, every: timedelta
+) -> datetime:
+    """The first instant after now that is `offset` past local midnight plus whole `every`s."""
+    row = conn.execute(
+        "SELECT date_bin(%s::interval, now(), %s::timestamptz) + %s::interval",
+        (every, _origin(policy) + offset, every),
+    ).fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
 def apply_timescale(conn: psycopg.Connection[Any], policy: StoragePolicy) -> None:
-    """Hypertable, compression, retention and continuous aggregates; safe to run again."""
+    """Hypertable, compression, retention and continuous aggregates, with the background
+    jobs on staggered fixed schedules; safe to run again."""
     if not _is_hypertable(conn, "readings"):
         conn.execute(
             "SELECT create_hypertable('readings', 'ts', chunk_time_interval => %s, "
@@ -272,11 +297,21 @@ def apply_timescale(conn: psycopg.Connection[Any], policy: StoragePolicy) -> Non
             ).format(sql.Literal(",".join(policy.compress_segment_by)))
         )
         conn.execute("SELECT remove_compression_policy('readings', if_exists => true)")
-        conn.execute("SELECT add_compression_policy('readings', %s)", (policy.compress_after,))
+        offset, every = COMPRESSION_SLOT
+        conn.execute(
+            "SELECT add_compression_policy('readings', %s, schedule_interval => %s, "
+            "initial_start => %s)",
+            (policy.compress_after, every, _next_slot(conn, policy, offset, every)),
+        )
     conn.execute("SELECT remove_retention_policy('readings', if_exists => true)")
     if policy.retention is not None:
-        conn.execute("SELECT add_retention_policy('readings', %s)", (policy.retention,))
-    for rollup in policy.rollups:
+        offset, every = RETENTION_SLOT
+        conn.execute(
+            "SELECT add_retention_policy('readings', %s, schedule_interval => %s, "
+            "initial_start => %s)",
+            (policy.retention, every, _next_slot(conn, policy, offset, every)),
+        )
+    for i, rollup in enumerate(policy.rollups):
         name = sql.Identifier(rollup.name)
         if _relkind(conn, rollup.name) is not None and not _is_cagg(conn, rollup.name):
             # left over from a plain-PostgreSQL install: rebuilt from readings below
@@ -291,19 +326,30 @@ def apply_timescale(conn: psycopg.Connection[Any], policy: StoragePolicy) -> Non
         conn.execute(
             "SELECT remove_continuous_aggregate_policy(%s, if_exists => true)", (rollup.name,)
         )
+        refresh_at = _next_slot(conn, policy, ROLLUP_REFRESH_OFFSET * (i + 1), rollup.refresh_every)
         conn.execute(
             "SELECT add_continuous_aggregate_policy(%s, start_offset => %s, "
-            "end_offset => %s, schedule_interval => %s)",
+            "end_offset => %s, schedule_interval => %s, initial_start => %s)",
             (
                 rollup.name,
                 rollup.refresh_start_offset,
                 rollup.refresh_end_offset,
                 rollup.refresh_every,
+                refresh_at,
             ),
         )
         conn.execute("SELECT remove_retention_policy(%s, if_exists => true)", (rollup.name,))
         if rollup.retention is not None:
-            conn.execute("SELECT add_retention_policy(%s, %s)", (rollup.name, rollup.retention))
+            offset = ROLLUP_RETENTION_OFFSET + timedelta(minutes=30) * i
+            conn.execute(
+                "SELECT add_retention_policy(%s, %s, schedule_interval => %s, initial_start => %s)",
+                (
+                    rollup.name,
+                    rollup.retention,
+                    RETENTION_SLOT[1],
+                    _next_slot(conn, policy, offset, RETENTION_SLOT[1]),
+                ),
+            )
 
 
 def apply_plain(conn: psycopg.Connection[Any], policy: StoragePolicy) -> None:
