@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import os
 import select
@@ -15,7 +16,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
+import pytest
 
 from urbanpulse.db.connect import drop_database, with_database
 from urbanpulse.serve import free_port, stop_process
@@ -26,6 +31,54 @@ SERVER_URL = os.environ.get(
 TIMESCALE_URL = os.environ.get(
     "URBANPULSE_TEST_TIMESCALE_URL", "postgresql://postgres@127.0.0.1:5433/postgres"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A storage path the tests run on: plain PostgreSQL, or a server with TimescaleDB
+    preloaded (`.ci/run` starts one on 5433 from the build in shared/vendor)."""
+
+    name: str
+    server_url: str
+    timescale_mode: str  # what `migrate` is asked for: "off" or "require"
+
+    @property
+    def timescale(self) -> bool:
+        return self.timescale_mode == "require"
+
+
+PLAIN = Backend("plain", SERVER_URL, "off")
+TIMESCALE = Backend("timescaledb", TIMESCALE_URL, "require")
+
+
+@functools.cache
+def timescale_problem() -> str | None:
+    """Why the TimescaleDB server cannot be used by the tests, or None when it can."""
+    try:
+        with psycopg.connect(TIMESCALE_URL, connect_timeout=3) as conn:
+            available = conn.execute(
+                "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
+            ).fetchone()
+            preload = conn.execute("SHOW shared_preload_libraries").fetchone()
+    except psycopg.Error as exc:
+        return f"TimescaleDB server not reachable at {TIMESCALE_URL} ({str(exc).strip()[:120]})"
+    if available is None:
+        return f"the server at {TIMESCALE_URL} has no TimescaleDB extension installed"
+    if preload is None or "timescaledb" not in str(preload[0]):
+        return f"the server at {TIMESCALE_URL} does not preload timescaledb"
+    return None
+
+
+def need_timescale() -> None:
+    """Skip the calling test where TimescaleDB is not set up (with the reason and the fix);
+    fail it where it must be (URBANPULSE_REQUIRE_TIMESCALEDB, as CI sets)."""
+    problem = timescale_problem()
+    if problem is None:
+        return
+    fix = "run .ci/run as root once, or set URBANPULSE_TEST_TIMESCALE_URL"
+    if os.environ.get("URBANPULSE_REQUIRE_TIMESCALEDB"):
+        pytest.fail(f"TimescaleDB is required here: {problem}; {fix}")
+    pytest.skip(f"{problem}; {fix}")
 
 
 DYNSEC_PLUGIN = next(
@@ -212,7 +265,8 @@ class PostgresCluster:
     that a test may stop, crash and restart it. PostgreSQL refuses to run as root: under root
     the cluster belongs to the `postgres` user."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        """`env`: extra environment for the server's processes (e.g. a moved clock)."""
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="up-pg-"))
         self.data = self.dir / "data"
@@ -221,6 +275,8 @@ class PostgresCluster:
         if os.geteuid() == 0:
             self._as = ["runuser", "-u", "postgres", "--"]
             shutil.chown(self.dir, "postgres", "postgres")
+        if env:
+            self._as += ["env", *(f"{k}={v}" for k, v in env.items())]
         self._run(
             _postgres_bin("initdb"),
             "-D",

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 
 from tests.pipeline import wait_until
-from tests.services import SERVER_URL, Mosquitto, scratch_database
+from tests.services import SERVER_URL, Backend, Mosquitto, scratch_database
 from urbanpulse.db.connect import drop_database, with_database
 from urbanpulse.demo import demo_database
 
@@ -72,11 +72,14 @@ def test_invalid_setting_is_explained() -> None:
     assert out.returncode == 2 and "URBANPULSE_MQTT_URL" in out.stderr
 
 
-def test_demo_shows_all_four_domains_and_ends_by_itself(tmp_path: Path) -> None:
+def test_demo_shows_all_four_domains_and_ends_by_itself(tmp_path: Path, backend: Backend) -> None:
+    """The whole pipeline on each storage path: simulated devices publish through a real
+    broker, ingest stores every reading, the rule engine records the series and KPIs and
+    raises the scenario's alerts."""
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
     try:
-        with scratch_database(SERVER_URL) as url:
+        with scratch_database(backend.server_url) as url:
             out = cli(
                 "demo",
                 "--duration",
@@ -84,7 +87,7 @@ def test_demo_shows_all_four_domains_and_ends_by_itself(tmp_path: Path) -> None:
                 env={
                     "URBANPULSE_DATABASE_URL": url,
                     "URBANPULSE_MQTT_URL": broker.url,
-                    "URBANPULSE_TIMESCALEDB": "off",
+                    "URBANPULSE_TIMESCALEDB": backend.timescale_mode,
                 },
             )
             assert out.returncode == 0, out.stdout + out.stderr
@@ -111,9 +114,19 @@ def test_demo_shows_all_four_domains_and_ends_by_itself(tmp_path: Path) -> None:
                     row = conn.execute(
                         "SELECT count(*), count(DISTINCT device_id) FROM readings"
                     ).fetchone()
+                    derived = conn.execute(
+                        "SELECT (SELECT count(DISTINCT series) FROM recorded), "
+                        "(SELECT count(DISTINCT kpi_id) FROM kpi_values), "
+                        "(SELECT count(*) FROM alerts WHERE status IN ('firing', 'resolved')), "
+                        "to_regclass('timescaledb_information.hypertables') IS NOT NULL"
+                    ).fetchone()
             finally:
                 drop_database(demo_url)
             assert row is not None and row[0] == sum(stored.values()) and row[1] == 208
+            assert derived is not None
+            series, kpis, raised, on_timescale = derived
+            assert series >= 5 and kpis >= 3 and raised >= 10, derived
+            assert on_timescale == backend.timescale
     finally:
         broker.stop()
 

@@ -19,7 +19,7 @@ from rules.model import RuleSet, catalogue_files, load_rules
 from rules.notify.config import load_config
 from rules.notify.service import Context, plan
 from simulators.run import Plan
-from tests.services import SERVER_URL, scratch_database
+from tests.services import PLAIN, TIMESCALE, Backend, need_timescale, scratch_database
 from tests.test_rules_scenarios import evaluate_all, load
 from urbanpulse.contract import default_registry
 from urbanpulse.db.migrate import migrate
@@ -29,33 +29,48 @@ ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = load_rules(catalogue_files(), default_registry())
 
 
-@pytest.fixture(scope="module")
-def seeded() -> Iterator[tuple[str, Plan]]:
-    """The demo scenario stored, the catalogue run over it, the notifier's messages planned."""
-    with scratch_database(SERVER_URL) as url:
-        migrate(url, load_policy(), timescale_mode="off")
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(PLAIN, id="plain"),
+        pytest.param(TIMESCALE, id="timescaledb", marks=pytest.mark.timescaledb),
+    ],
+)
+def seeded(request: pytest.FixtureRequest) -> Iterator[tuple[str, Plan, Backend]]:
+    """The demo scenario stored, the catalogue run over it, the notifier's messages planned,
+    on each storage path."""
+    backend: Backend = request.param
+    if backend.timescale:
+        need_timescale()
+    with scratch_database(backend.server_url) as url:
+        migrate(url, load_policy(), timescale_mode=backend.timescale_mode)
         scenario = load(url, "demo")
         evaluate_all(url, scenario)
         with psycopg.connect(url) as conn:
             config = load_config().model_copy(update={"group_wait": 0.0})
             ctx = Context(config, {r.id: r for r in CATALOGUE.rules}, ZoneInfo("Asia/Shanghai"))
-            plan(conn, ctx, datetime.now(UTC))
+            plan(conn, ctx, datetime.now(UTC))  # the outbox is dated by the wall clock
+            conn.commit()
+        # TimescaleDB refreshes a continuous aggregate outside any transaction
+        with psycopg.connect(url, autocommit=True) as conn:
             refresh_rollups(  # what `db maintain` (or TimescaleDB's policies) keeps up to date
                 conn,
                 load_policy(),
-                timescale=False,
+                timescale=backend.timescale,
                 now=datetime.fromtimestamp(scenario.end, UTC),
                 since=datetime.fromtimestamp(scenario.start, UTC),
             )
-            conn.commit()
-        yield url, scenario
+        yield url, scenario, backend
 
 
 @pytest.mark.parametrize("extra_days", [0, 27], ids=["three days: raw", "a month: rollups"])
-def test_every_panel_query_runs_and_shows_data(seeded: tuple[str, Plan], extra_days: int) -> None:
+def test_every_panel_query_runs_and_shows_data(
+    seeded: tuple[str, Plan, Backend], extra_days: int
+) -> None:
     """Over the scenario's three days the panels read raw readings; over a month (the
-    scenario's days and 27 before), the hourly rollup: both must show data."""
-    url, scenario = seeded
+    scenario's days and 27 before), the hourly rollup: both must show data. On TimescaleDB
+    the data source groups time with time_bucket, and the rollups are continuous aggregates."""
+    url, scenario, backend = seeded
     start = datetime.fromtimestamp(scenario.start, UTC) - timedelta(days=extra_days)
     end = datetime.fromtimestamp(scenario.end, UTC)
     interval = 300 if extra_days == 0 else 3600
@@ -70,7 +85,14 @@ def test_every_panel_query_runs_and_shows_data(seeded: tuple[str, Plan], extra_d
             for ann in dashboard_json(board)["annotations"]["list"]:
                 queries.append((ann["name"], ann["target"]["rawSql"], True))
             for title, sql, expect_rows in queries:
-                text = expand(sql, start=start, end=end, interval_s=interval, variables=variables)
+                text = expand(
+                    sql,
+                    start=start,
+                    end=end,
+                    interval_s=interval,
+                    variables=variables,
+                    timescaledb=backend.timescale,
+                )
                 try:
                     rows = conn.execute(text).fetchall()
                 except psycopg.Error as exc:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from tests.services import TIMESCALE_URL, scratch_database
+from tests.services import Backend, scratch_database
 from urbanpulse.contract import Reading, Reason, Rejection, default_registry
 from urbanpulse.db import migrate as migrate_mod
 from urbanpulse.db.devices import device_refs, list_devices, read_device_file, upsert_devices
@@ -25,14 +28,26 @@ ALL_MIGRATIONS = tuple(f"{m.version:04d}_{m.name}" for m in migrate_mod.migratio
 
 
 def tables(conn: psycopg.Connection[Any]) -> set[str]:
-    rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    """Tables and views (TimescaleDB's rollups are continuous aggregates, views)."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm')"
+    ).fetchall()
     return {str(r[0]) for r in rows}
 
 
-def test_migrate_creates_the_database_and_is_idempotent() -> None:
-    with scratch_database() as url:
-        first = migrate(url, load_policy(), timescale_mode="off")
-        second = migrate(url, load_policy(), timescale_mode="off")
+@pytest.fixture
+def any_conn(any_db_url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """A connection to a fresh database on each storage path."""
+    with psycopg.connect(any_db_url) as c:
+        yield c
+
+
+def test_migrate_creates_the_database_and_is_idempotent(backend: Backend) -> None:
+    with scratch_database(backend.server_url) as url:
+        first = migrate(url, load_policy(), timescale_mode=backend.timescale_mode)
+        second = migrate(url, load_policy(), timescale_mode=backend.timescale_mode)
+        assert first.timescale == second.timescale == backend.timescale
         assert first.created_database and first.applied == ALL_MIGRATIONS
         assert not second.created_database and second.applied == ()
         with psycopg.connect(url) as conn:
@@ -46,14 +61,15 @@ def test_migrate_creates_the_database_and_is_idempotent() -> None:
             } <= tables(conn)
 
 
-def test_concurrent_migrators_apply_each_migration_once() -> None:
-    with scratch_database() as url:
-        migrate(url, load_policy(), timescale_mode="off")  # create the database first
+def test_concurrent_migrators_apply_each_migration_once(backend: Backend) -> None:
+    mode = backend.timescale_mode
+    with scratch_database(backend.server_url) as url:
+        migrate(url, load_policy(), timescale_mode=mode)  # create the database first
         errors: list[BaseException] = []
 
         def run() -> None:
             try:
-                migrate(url, load_policy(), timescale_mode="off")
+                migrate(url, load_policy(), timescale_mode=mode)
             except BaseException as exc:
                 errors.append(exc)
 
@@ -92,8 +108,9 @@ def test_policy_file_is_strict() -> None:
 
 
 def test_store_batch_absorbs_duplicates_and_folds_repeated_quarantine(
-    conn: psycopg.Connection[Any],
+    any_conn: psycopg.Connection[Any],
 ) -> None:
+    conn = any_conn
     r1 = Reading("aq1", "pm25", T0, 10.0)
     r2 = Reading("aq1", "pm25", T0 + timedelta(hours=1), 20.0)
     first = store_batch(conn, [r1, r2, r1], [])
@@ -117,8 +134,9 @@ def _staged(conn: psycopg.Connection[Any]) -> bool:
 
 
 def test_store_batch_copies_straight_in_and_merges_only_on_a_duplicate(
-    conn: psycopg.Connection[Any],
+    any_conn: psycopg.Connection[Any],
 ) -> None:
+    conn = any_conn
     batch = [Reading("wn1", "volume", T0 + timedelta(minutes=i), float(i)) for i in range(50)]
     bad = QuarantineEntry("yc/v1/water/x", b"[", T0, (Rejection(Reason.BAD_JSON, "eof"),), "x")
     res = store_batch(conn, batch, [bad])
@@ -137,8 +155,9 @@ def test_store_batch_copies_straight_in_and_merges_only_on_a_duplicate(
 
 
 def test_device_import_yaml_then_csv_update(
-    conn: psycopg.Connection[Any], fleet_file: Path, tmp_path: Path
+    any_conn: psycopg.Connection[Any], fleet_file: Path, tmp_path: Path
 ) -> None:
+    conn = any_conn
     specs = read_device_file(fleet_file, default_registry())
     result = upsert_devices(conn, specs)
     assert result.created == len(specs) >= 12
@@ -215,25 +234,9 @@ def test_plain_rollups_use_local_day_boundaries(db_url: str) -> None:
     ]
 
 
-def _timescale_available() -> bool:
-    try:
-        with psycopg.connect(TIMESCALE_URL, connect_timeout=2) as conn:
-            return (
-                conn.execute(
-                    "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
-                ).fetchone()
-                is not None
-            )
-    except psycopg.Error:
-        return False
-
-
 @pytest.mark.timescaledb
-@pytest.mark.skipif(
-    not _timescale_available(), reason=f"TimescaleDB not reachable at {TIMESCALE_URL}"
-)
-def test_timescale_path_hypertable_policies_and_continuous_aggregates() -> None:
-    with scratch_database(TIMESCALE_URL) as url:
+def test_timescale_path_hypertable_policies_and_continuous_aggregates(timescale: Backend) -> None:
+    with scratch_database(timescale.server_url) as url:
         result = migrate(url, load_policy(), timescale_mode="require")
         assert result.timescale
         again = migrate(url, load_policy(), timescale_mode="require")  # idempotent
@@ -291,3 +294,105 @@ def test_auto_mode_falls_back_to_plain_postgresql_when_timescale_cannot_load() -
         assert not result.timescale and result.applied == ALL_MIGRATIONS
         with pytest.raises(ConfigError, match="TimescaleDB"):
             migrate(url, load_policy(), timescale_mode="require")
+
+
+@pytest.mark.timescaledb
+def test_the_policys_jobs_run_from_the_scheduler_without_failure(timescale: Backend) -> None:
+    """Compression, retention and each continuous aggregate's refresh, run by TimescaleDB's
+    own scheduler in background workers (not by CALL run_job): every job of the database
+    succeeds, none fails, and each does its work. Times are relative to the server's clock."""
+    policy = load_policy()
+    assert policy.retention is not None and policy.compress_after is not None
+    with scratch_database(timescale.server_url) as url:
+        migrate(url, policy, timescale_mode="require")
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT now()").fetchone()
+            assert row is not None
+            now: datetime = row[0]
+            expired = now - policy.retention - timedelta(days=3)
+            aged = now - policy.compress_after - timedelta(days=2)
+            recent = now - timedelta(days=2)  # a whole hour and a whole local day, materialised
+            store_batch(
+                conn,
+                [
+                    Reading("wn1", "volume", t + timedelta(minutes=10 * m), 100.0 + m)
+                    for t in (expired, aged, recent)
+                    for m in range(6)
+                ],
+                [],
+            )
+            jobs = conn.execute(
+                "SELECT job_id, proc_name, hypertable_name, next_start, fixed_schedule "
+                "FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL "
+                "ORDER BY next_start"
+            ).fetchall()
+            # compression, retention of readings and of each rollup, each rollup's refresh:
+            # on fixed schedules, none due at once after a migrate, no two at the same moment
+            assert len(jobs) == 2 + 2 * len(policy.rollups), jobs
+            assert all(j[3] > now and j[4] for j in jobs), jobs
+            assert len({j[3] for j in jobs}) == len(jobs), jobs
+            migrate(url, policy, timescale_mode="require")  # again: the same schedule
+            assert [
+                (j[1], j[2], j[3])
+                for j in conn.execute(
+                    "SELECT job_id, proc_name, hypertable_name, next_start "
+                    "FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL "
+                    "ORDER BY next_start"
+                ).fetchall()
+            ] == [(j[1], j[2], j[3]) for j in jobs]
+            ids = [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT job_id FROM timescaledb_information.jobs "
+                    "WHERE hypertable_name IS NOT NULL ORDER BY next_start"
+                ).fetchall()
+            ]
+
+            def stats(job_ids: list[int]) -> list[tuple[Any, ...]]:
+                return conn.execute(
+                    "SELECT job_id, last_run_status, total_runs, total_failures "
+                    "FROM timescaledb_information.job_stats WHERE job_id = ANY(%s) "
+                    "AND total_runs > 0 AND last_run_status IS NOT NULL ORDER BY job_id",
+                    (job_ids,),
+                ).fetchall()
+
+            # each job made due now in its schedule's order; the scheduler starts it
+            for job_id in ids:
+                conn.execute("SELECT alter_job(%s, next_start => now())", (job_id,))
+                deadline = time.monotonic() + 60
+                while not stats([job_id]) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            ran = stats(ids)
+            assert [r[0] for r in ran] == sorted(ids), (jobs, ran)
+            assert all(r[1] == "Success" and r[3] == 0 for r in ran), ran
+            every = conn.execute(
+                "SELECT job_id, total_failures FROM timescaledb_information.job_stats "
+                "WHERE total_failures > 0"
+            ).fetchall()
+            assert every == []
+            # retention dropped the expired chunk; compression took the aged one
+            counts = conn.execute(
+                "SELECT count(*) FILTER (WHERE ts < %s), count(*) FROM readings",
+                (now - policy.retention,),
+            ).fetchone()
+            assert counts == (0, 12)
+            compressed = conn.execute(
+                "SELECT bool_or(is_compressed) FILTER (WHERE range_end <= %s), "
+                "bool_or(is_compressed) FILTER (WHERE range_start >= %s) "
+                "FROM timescaledb_information.chunks WHERE hypertable_name = 'readings'",
+                (now - policy.compress_after, now - policy.compress_after),
+            ).fetchone()
+            assert compressed == (True, False)
+            # the refresh jobs materialised the recent hours and day
+            for rollup in policy.rollups:
+                name = sql.Identifier(rollup.name)
+                conn.execute(
+                    sql.SQL(
+                        "ALTER MATERIALIZED VIEW {} SET (timescaledb.materialized_only)"
+                    ).format(name)
+                )
+                got = conn.execute(
+                    sql.SQL("SELECT count(*), sum(n) FROM {} WHERE bucket > %s").format(name),
+                    (now - timedelta(days=4),),
+                ).fetchone()
+                assert got is not None and got[0] >= 1 and got[1] >= 1, (rollup.name, got)
