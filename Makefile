@@ -9,13 +9,15 @@ STAMP  := $(VENV)/.installed-stamp
 FUZZ_SECONDS ?= 300
 SOAK_SECONDS ?= 600
 BENCH_SECONDS ?= 60
+CLOCK_SHIFT ?= 400d
 
-.PHONY: install test check fmt demo screenshots fuzz soak bench clean help
+.PHONY: install test test-clock check fmt demo screenshots fuzz soak bench clean help
 
 help:
 	@echo "make install   create $(VENV) and install UrbanPulse with its dev tools"
 	@echo "make demo      run the live demo for DURATION seconds (default $(DURATION)), SCENARIO=$(SCENARIO)"
 	@echo "make test      the whole test suite against real PostgreSQL and Mosquitto"
+	@echo "make test-clock  the date-sensitive tests again with the clock moved CLOCK_SHIFT ahead (default $(CLOCK_SHIFT))"
 	@echo "make check     ruff (lint + format check) and mypy --strict"
 	@echo "make screenshots  refresh docs/console/*.png from the console's browser tests"
 	@echo "make fuzz      coverage-guided fuzzing of message validation for FUZZ_SECONDS (default $(FUZZ_SECONDS))"
@@ -33,6 +35,9 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-clock: $(STAMP)
+	$(BIN)/python -m tests.clockshift --shift $(CLOCK_SHIFT) -- $(CLOCK_TESTS)
 
 check: $(STAMP)
 	$(BIN)/ruff check .

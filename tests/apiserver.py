@@ -3,10 +3,12 @@ the rule engine), a token per role, and `urbanpulse api` running as a process on
 
 from __future__ import annotations
 
+import atexit
 import re
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
+from psycopg import sql
 
 from rules.model import Rule, catalogue_files, load_rules
 from rules.notify.config import load_config
@@ -26,6 +29,7 @@ from tests.services import SERVER_URL, scratch_database
 from tests.test_rules_scenarios import evaluate_all, load
 from urbanpulse import serve
 from urbanpulse.contract import default_registry
+from urbanpulse.db.connect import database_name, drop_database, with_database
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
 from urbanpulse.db.tokens import Role, create_token
@@ -57,6 +61,34 @@ def seed(url: str) -> Plan:
     return scenario
 
 
+# One seeded template per server and test process: seeding the demo takes ~25 s, a copy of
+# its database a fraction of a second (CREATE DATABASE … TEMPLATE copies the files).
+_TEMPLATES: dict[str, tuple[str, Plan]] = {}
+
+
+def _template(server_url: str) -> tuple[str, Plan]:
+    if server_url not in _TEMPLATES:
+        url = with_database(server_url, f"up_tpl_{uuid.uuid4().hex[:12]}")
+        atexit.register(drop_database, url)
+        _TEMPLATES[server_url] = (url, seed(url))
+    return _TEMPLATES[server_url]
+
+
+@contextmanager
+def seeded_database(server_url: str = SERVER_URL) -> Iterator[tuple[str, Plan]]:
+    """A database of the caller's own holding what `seed` stores (plain PostgreSQL), copied
+    from a template seeded once; dropped afterwards."""
+    template, plan = _template(server_url)
+    with scratch_database(server_url) as url:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(database_name(url)), sql.Identifier(database_name(template))
+                )
+            )
+        yield url, plan
+
+
 @contextmanager
 def start_api(
     db_url: str, *, env: dict[str, str] | None = None
@@ -71,8 +103,7 @@ def start_api(
 
 @contextmanager
 def api_server() -> Iterator[ApiServer]:
-    with scratch_database(SERVER_URL) as db_url:
-        scenario = seed(db_url)
+    with seeded_database() as (db_url, scenario):
         tokens: dict[str, str] = {}
         with psycopg.connect(db_url) as conn:
             for role in Role:

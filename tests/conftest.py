@@ -1,4 +1,16 @@
-"""Fixtures: every test gets its own database; integration tests share a private Mosquitto."""
+"""Fixtures: every test gets its own database; integration tests share a private Mosquitto.
+
+Storage paths: a test that takes `backend` (or `any_db_url`) runs on plain PostgreSQL and on
+TimescaleDB; `timescale` is the TimescaleDB path alone. Where no TimescaleDB server answers
+(URBANPULSE_TEST_TIMESCALE_URL, default 127.0.0.1:5433) those are skipped with the reason; with
+URBANPULSE_REQUIRE_TIMESCALEDB set (CI) they fail.
+
+The calendar: no test may depend on the day it runs. Data is either pinned to fixed dates and
+read only by code that is handed its `now` (the rule engine, the notifier's planning), or dated
+relative to the run. `make test-clock` (tests/clockshift.py) is the guard: it runs the
+date-sensitive modules again with the wall clock moved 400 days ahead, in PostgreSQL
+(libfaketime) and in every Python process (time-machine), so a fixed date that meets code
+counting from now() fails there first."""
 
 from __future__ import annotations
 

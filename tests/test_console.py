@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,10 @@ def open_page(browser: Browser, size: dict[str, int] | None = None, **extra: Any
         timezone_id="UTC",  # the page shows the city's times whatever the phone's zone
         **extra,
     )
+    if os.environ.get("URBANPULSE_TEST_CLOCK_SHIFT_S"):
+        # under tests/clockshift.py the page keeps the servers' moved clock, as a phone's
+        # agrees with the servers' (time still runs; only the date moves)
+        context.clock.install(time=time.time())
     page = context.new_page()
     page.set_default_timeout(20_000)
     errors: list[str] = []

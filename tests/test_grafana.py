@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from rules.model import RuleSet, catalogue_files, load_rules
 from rules.notify.config import load_config
 from rules.notify.service import Context, plan
 from simulators.run import Plan
+from tests.apiserver import seeded_database
 from tests.services import PLAIN, TIMESCALE, Backend, need_timescale, scratch_database
 from tests.test_rules_scenarios import evaluate_all, load
 from urbanpulse.contract import default_registry
@@ -42,10 +44,14 @@ def seeded(request: pytest.FixtureRequest) -> Iterator[tuple[str, Plan, Backend]
     backend: Backend = request.param
     if backend.timescale:
         need_timescale()
-    with scratch_database(backend.server_url) as url:
-        migrate(url, load_policy(), timescale_mode=backend.timescale_mode)
-        scenario = load(url, "demo")
-        evaluate_all(url, scenario)
+    with contextlib.ExitStack() as stack:
+        if backend.timescale:  # its scheduler's sessions keep a template from being copied
+            url = stack.enter_context(scratch_database(backend.server_url))
+            migrate(url, load_policy(), timescale_mode=backend.timescale_mode)
+            scenario = load(url, "demo")
+            evaluate_all(url, scenario)
+        else:
+            url, scenario = stack.enter_context(seeded_database(backend.server_url))
         with psycopg.connect(url) as conn:
             config = load_config().model_copy(update={"group_wait": 0.0})
             ctx = Context(config, {r.id: r for r in CATALOGUE.rules}, ZoneInfo("Asia/Shanghai"))
