@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -21,9 +22,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pandas as pd
 import psycopg
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.replay.localtime import DstNote
 from simulators.replay.mapping import load_mapping
@@ -417,13 +420,34 @@ def test_speed_paces_by_measurement_time_and_max_gap_caps_waits(
     # the first four rows of BHMBCCMKT01 span 07:59:42 .. 09:32:46, 5584 s of data
     sel = Selection(devices=("bhm-bhmbccmkt01",), limit=4)
     timings = []
-    for max_gap in (None, 0.1):
-        options = ReplayOptions(sel, speed=3600, provision=False, max_gap_s=max_gap)
-        result = run_replay(
-            mapping, DATASETS / mapping.spec.folder, options, settings, REGISTRY, err=io.StringIO()
-        )
-        assert result.published == 4
-        timings.append(result.publishing_s)
+    # someone takes the messages: with no subscriber the broker answers "no matching
+    # subscribers" and the publisher sends them again until its flush gives up
+    got: list[bytes] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pace-{prefix}", protocol=mqtt.MQTTv5)
+    sub.on_message = lambda c, u, m: got.append(bytes(m.payload))
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe(f"{prefix}/#", qos=1)
+    sub.loop_start()
+    try:
+        assert subscribed.wait(10)
+        for max_gap in (None, 0.1):
+            options = ReplayOptions(sel, speed=3600, provision=False, max_gap_s=max_gap)
+            result = run_replay(
+                mapping,
+                DATASETS / mapping.spec.folder,
+                options,
+                settings,
+                REGISTRY,
+                err=io.StringIO(),
+            )
+            assert result.published == 4
+            timings.append(result.publishing_s)
+        wait_until(lambda: len(got) >= 8, 10, "both replays' messages")
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
     # paced: 5584 s of data at 3600× is 1.55 s (a loaded machine only adds to it)
     assert 5584 / 3600 - 0.05 < timings[0] < 5584 / 3600 + 3.0
     assert timings[1] < 0.3 + 1.0  # three waits capped at 0.1 s each
