@@ -10,6 +10,11 @@ nobody: it is kept and sent again. That happens right after a broker restart, be
 ingest workers have subscribed again (Mosquitto does not restore shared subscriptions from its
 persistence file), and would otherwise lose the messages of those seconds. What still finds no
 subscriber after `UNCLAIMED_GIVE_UP_S` is dropped with a warning (no ingest is running).
+
+What is still to be acknowledged is tracked by message id, cleared by the PUBACK, and not by
+paho's `MQTTMessageInfo.is_published()`: a QoS 1 message written while the connection drops
+keeps the error code of that first write in its info (so `is_published()` raises), although
+paho keeps the message and sends it again after the reconnect, where it is acknowledged.
 """
 
 from __future__ import annotations
@@ -54,7 +59,6 @@ class Publisher:
         self.client.on_publish = self._on_publish
         self.broker = broker
         self.qos = qos
-        self._pending: list[mqtt.MQTTMessageInfo] = []
         self._refused: str | None = None
         self._since_loop = 0
         self.published = 0
@@ -91,9 +95,15 @@ class Publisher:
 
     def _send(self, topic: str, payload: bytes, first_refused: float = 0.0) -> None:
         info = self.client.publish(topic, payload, qos=self.qos)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:  # cannot happen: the queue is unbounded
+            raise RuntimeError(f"paho refused to queue a message for {topic}")
         if self.qos > 0:
             self._inflight[info.mid] = (topic, payload, first_refused)
-        self._pending.append(info)
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages sent and not yet acknowledged, or waiting to be sent again."""
+        return len(self._inflight) + len(self._refused_msgs)
 
     def _resend_due(self) -> None:
         now = time.monotonic()
@@ -162,7 +172,7 @@ class Publisher:
         if self._since_loop >= LOOP_EVERY:
             self._since_loop = 0
             self._turn()
-        if len(self._pending) >= FLUSH_AT:
+        if len(self._inflight) >= FLUSH_AT:
             self.flush()
 
     def idle(self, seconds: float) -> None:
@@ -170,17 +180,14 @@ class Publisher:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             self._turn(min(left, 0.1))
-        self._pending = [i for i in self._pending if not i.is_published()]
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until the broker has acknowledged everything published so far."""
         deadline = time.monotonic() + timeout
-        while self._pending or self._refused_msgs:
-            self._pending = [i for i in self._pending if not i.is_published()]
-            if not self._pending and not self._refused_msgs:
-                break
+        # QoS 1: until every PUBACK is in; QoS 0: until paho has written everything out
+        while self.unacknowledged or self.client.want_write():
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"broker {self.broker} did not acknowledge {len(self._pending)} message(s)"
+                    f"broker {self.broker} did not acknowledge {self.unacknowledged} message(s)"
                 )
             self._turn(0.01)
