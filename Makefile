@@ -43,6 +43,7 @@ check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .
@@ -64,11 +65,11 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	@mkdir -p build
-	$(BIN)/urbanpulse bench ingest --seconds $(BENCH_SECONDS) --json build/bench-ingest.json \
+	$(BIN)/python -m bench ingest --seconds $(BENCH_SECONDS) --json build/bench-ingest.json \
 		--sweep 5000 10000 15000 20000 25000 --plot build/bench-ingest.svg
-	$(BIN)/urbanpulse bench rules --devices 10000 --lateness 120 --json build/bench-rules-10k.json
-	$(BIN)/urbanpulse bench rules --devices 100000 --lateness 120 --json build/bench-rules-100k.json
-	$(BIN)/urbanpulse bench api --json build/bench-api.json
+	$(BIN)/python -m bench rules --devices 10000 --lateness 120 --json build/bench-rules-10k.json
+	$(BIN)/python -m bench rules --devices 100000 --lateness 120 --json build/bench-rules-100k.json
+	$(BIN)/python -m bench api --json build/bench-api.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -14,9 +14,9 @@ from typing import Any
 
 from api.deps import AConn, ApiState, not_found
 from api.schemas import AlertSeries, AqiBand, SeriesValue
-from rules.aqi import iaqi, load_standard
-from rules.model import Rule
 from urbanpulse.contract.registry import default_registry
+from urbanpulse.rulefmt.aqi import iaqi, load_standard
+from urbanpulse.rulefmt.model import Rule
 
 POINTS = 60  # a sparkline wider than this shows nothing more on a phone
 LEAD = timedelta(hours=6)  # at least this is shown before the breach began, so the rise shows

@@ -36,10 +36,10 @@ from api.routes import (
     system,
     tokens,
 )
-from rules.model import catalogue_files, load_rules
 from urbanpulse.contract.registry import default_registry
 from urbanpulse.db.connect import connect
 from urbanpulse.links import link_key
+from urbanpulse.rulefmt.model import catalogue_files, load_rules
 from urbanpulse.settings import Settings, load_settings
 
 log = logging.getLogger("urbanpulse.api")

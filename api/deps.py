@@ -18,9 +18,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from api.hub import Hub
-from rules.model import Rule, RuleSet
-from rules.notify.core import clause_text, condition_text
 from urbanpulse.db.tokens import Role, digest
+from urbanpulse.rulefmt.describe import clause_text, condition_text
+from urbanpulse.rulefmt.model import Rule, RuleSet
 from urbanpulse.settings import Settings
 
 TOKEN_CACHE_S = 5.0  # a revoked token stops working within this long; saves a query per call

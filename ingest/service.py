@@ -17,8 +17,9 @@ from prometheus_client import start_http_server
 
 from ingest.metrics import IngestMetrics
 from ingest.source import MqttSource
-from ingest.worker import BatchPolicy, IngestWorker, validation_limits
+from ingest.worker import BatchPolicy, IngestWorker
 from urbanpulse.broker import parse_broker_url
+from urbanpulse.contract import Limits
 from urbanpulse.contract.model import InboundMessage
 from urbanpulse.contract.registry import default_registry
 from urbanpulse.errors import DatabaseAuthError, UrbanPulseError
@@ -147,7 +148,7 @@ def run_ingest(
         database_url=settings.database_url,
         registry=default_registry(),
         prefix=settings.topic_prefix,
-        limits=validation_limits(settings),
+        limits=Limits.of(settings),
         batch=BatchPolicy(
             settings.ingest_batch_messages,
             settings.ingest_batch_readings,

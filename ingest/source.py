@@ -77,7 +77,7 @@ class LeanClient(mqtt.Client):
       callbacks (`message_callback_add` is refused), so no matcher walk;
     - `ack_many` acknowledges a committed batch as one queued write.
 
-    `python -m ingest.bench_client` measures both in one run: on the reference machine (2
+    `python -m bench.client` measures both in one run: on the reference machine (2
     cores), stock paho took 69 µs of CPU a message and received 13 910 msg/s; this client 14 µs,
     receiving the 32 773 msg/s its publisher sent (medians of 3).
 

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -38,7 +38,6 @@ from urbanpulse.db.connect import connect
 from urbanpulse.db.devices import device_refs
 from urbanpulse.db.store import QuarantineEntry, StoreResult, store_batch
 from urbanpulse.errors import DatabaseUnavailable
-from urbanpulse.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -363,12 +362,3 @@ class IngestWorker:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
-
-
-def validation_limits(settings: Settings) -> Limits:
-    """The validation bounds configured in settings (ingest and replay use the same)."""
-    return Limits(
-        settings.ingest_max_payload_bytes,
-        settings.ingest_max_readings_per_message,
-        timedelta(seconds=settings.ingest_max_future_s),
-    )

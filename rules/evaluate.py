@@ -10,8 +10,8 @@ import bisect
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from rules.lifecycle import Evaluation, Signal, State, Status, Transition, run
-from rules.model import OPS, Rule
+from urbanpulse.alerts.lifecycle import Evaluation, Signal, State, Status, Transition, run
+from urbanpulse.rulefmt.model import OPS, Rule
 
 
 @dataclass(frozen=True, slots=True)

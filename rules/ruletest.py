@@ -25,11 +25,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rules.evaluate import EntitySeries, evaluate, firing
-from rules.lifecycle import Status
-from rules.model import Rule, load_rule_files
+from urbanpulse.alerts.lifecycle import Status
 from urbanpulse.contract.registry import Registry
 from urbanpulse.durations import Duration
 from urbanpulse.errors import ContractError
+from urbanpulse.rulefmt.model import Rule, load_rule_files
 from urbanpulse.yamlfile import load_yaml_model
 
 MISSING = "_"

@@ -3,7 +3,7 @@
 Each pass evaluates every rule up to a watermark, `now − allowed lateness`, in steps of
 `step_s` of measurement time, from where each entity's saved state stopped (or from `since`
 for entities never evaluated). Readings come from the database; the decisions are the pure
-evaluator's; alerts are saved race-free (rules.store). A rule that fails is rolled back,
+evaluator's; alerts are saved race-free (urbanpulse.alerts.store). A rule that fails is rolled back,
 recorded in rule_health with its error, and the others carry on.
 
 Early firing: the watermark makes a breach wait for the lateness and the next whole step
@@ -33,14 +33,15 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from rules.evaluate import EntitySeries, signal_at
-from rules.kpi import Kpi
 from rules.kpi import refresh as refresh_kpi
-from rules.lifecycle import Evaluation, Signal, State, Status, run, step
-from rules.model import Rule, RuleSet
-from rules.recording import Record, covered, run_record, source_of
-from rules.store import AlertMeta, advance_many, load_states
+from rules.recording import covered, run_record
+from urbanpulse.alerts.lifecycle import Evaluation, Signal, State, Status, run, step
+from urbanpulse.alerts.store import AlertMeta, advance_many, load_states
 from urbanpulse.contract.registry import Registry
 from urbanpulse.db.connect import keep_connected
+from urbanpulse.rulefmt.kpis import Kpi
+from urbanpulse.rulefmt.model import Rule, RuleSet
+from urbanpulse.rulefmt.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -521,7 +522,7 @@ def record_pass(
 
     def work(after: float) -> tuple[int, float]:
         upto = watermark - rec.delay
-        source = source_of(rec)
+        source = rec.reads
         if source is not None:
             covered_by_source = _watermark_of(conn, source)
             upto = after if covered_by_source is None else min(upto, covered_by_source)

@@ -27,12 +27,16 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import yaml
+
 from simulators.city import City, SimDevice, build_fleet, customers_per_dma, load_city
 from simulators.engine import Engine, Message
 from simulators.models import local_midnight_before
 from simulators.publisher import Publisher
 from simulators.scenario import Scenario
 from urbanpulse.broker import parse_broker_url
+from urbanpulse.db.connect import connect
+from urbanpulse.db.devices import upsert_devices
 from urbanpulse.errors import ConfigError
 from urbanpulse.settings import Settings
 
@@ -349,9 +353,6 @@ def run(
 
 def provision(database_url: str, devices: list[SimDevice]) -> tuple[int, int]:
     """Create or update the fleet in the device registry; returns (created, updated)."""
-    from urbanpulse.db.connect import connect
-    from urbanpulse.db.devices import upsert_devices
-
     with connect(database_url) as conn:
         result = upsert_devices(conn, [d.spec() for d in devices])
     return result.created, result.updated
@@ -370,8 +371,6 @@ def write_fleet(path: Path, devices: list[SimDevice]) -> None:
                     {**s, "attributes": json.dumps(s["attributes"], ensure_ascii=False)}
                 )
         return
-    import yaml
-
     path.write_text(
         yaml.safe_dump({"devices": specs}, allow_unicode=True, sort_keys=False), "utf-8"
     )

@@ -223,7 +223,7 @@ def scenario_names() -> list[str]:
 def load_scenario(name_or_path: str) -> Scenario:
     """A packaged scenario by name (see `scenario_names()`), or a scenario file by path."""
     path = Path(name_or_path)
-    if name_or_path.endswith((".yaml", ".yml")) or path.exists():
+    if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         try:
             text = path.read_text("utf-8")
         except OSError as exc:

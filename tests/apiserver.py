@@ -20,9 +20,9 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from rules.model import Rule, catalogue_files, load_rules
-from rules.notify.config import load_config
-from rules.notify.service import Context, plan
+from notify.config import load_config
+from notify.context import Context
+from notify.plan import plan
 from rules.runner import run_pass
 from simulators.run import Plan
 from tests.services import SERVER_URL, scratch_database
@@ -34,6 +34,7 @@ from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
 from urbanpulse.db.tokens import Role, create_token
 from urbanpulse.links import link_key, verify
+from urbanpulse.rulefmt.model import Rule, catalogue_files, load_rules
 from urbanpulse.serve import free_port
 
 CATALOGUE = load_rules(catalogue_files(), default_registry())

@@ -229,7 +229,9 @@ def _devices(plan: Plan) -> tuple[list[DeviceSpec], list[DeviceSpec]]:
 
 def _rule_file(path: Path) -> None:
     """The catalogue's ponding rule alone: its alerts are then exactly the ponding gauges."""
-    catalogue = yaml.safe_load((ROOT / "rules/catalogue/flood.yaml").read_text(encoding="utf-8"))
+    catalogue = yaml.safe_load(
+        (ROOT / "urbanpulse/rulefmt/catalogue/flood.yaml").read_text(encoding="utf-8")
+    )
     [rule] = [r for r in catalogue["rules"] if r["id"] == RULE]
     path.write_text(yaml.safe_dump({"rules": [rule]}, allow_unicode=True), encoding="utf-8")
 

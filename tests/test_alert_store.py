@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from rules.lifecycle import Evaluation, Signal, Status, Timing
-from rules.store import AlertMeta, advance, advance_many, load_states, open_alerts
+from urbanpulse.alerts.lifecycle import Evaluation, Signal, Status, Timing
+from urbanpulse.alerts.store import AlertMeta, advance, advance_many, load_states, open_alerts
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 META = AlertMeta("flood.ponding_15cm", "critical", "区住房城乡建委", {"domain": "flood"})

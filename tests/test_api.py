@@ -21,7 +21,6 @@ import psycopg
 import pytest
 
 from api.alert_series import LEAD, MAX_SPAN, window
-from rules.aqi import iaqi, load_standard
 from rules.runner import run_pass
 from tests.apiserver import (
     CATALOGUE,
@@ -36,6 +35,7 @@ from tests.apiserver import (
 from urbanpulse.contract import default_registry
 from urbanpulse.db.tokens import Role, create_token
 from urbanpulse.links import link_key, sign
+from urbanpulse.rulefmt.aqi import iaqi, load_standard
 
 ROLES = ("viewer", "operator", "admin")
 

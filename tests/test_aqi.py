@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rules.aqi import compute, iaqi, load_standard
+from urbanpulse.rulefmt.aqi import compute, iaqi, load_standard
 
 STD = load_standard()
 

@@ -1,26 +1,30 @@
 """The ingest benchmark's harness, short: every shape, the two ceilings, the Node-RED peer, a
-sweep point and the plot, from the real command. Only that it measures, and that nothing was
-lost: no timing is asserted here (figures come from `make bench` on a quiet machine)."""
+sweep point and the plot, from the real command (`python -m bench ingest`). Only that it
+measures, and that nothing was lost: no timing is asserted here (figures come from
+`make bench` on a quiet machine)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_cli import cli
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_ingest_benchmark_measures_every_shape_beside_its_ceilings(tmp_path: Path) -> None:
     out, plot = tmp_path / "bench.json", tmp_path / "bench.svg"
-    done = cli(
-        "bench", "ingest", "--shape", "3", "1", "100", "--seconds", "3", "--warmup", "1",
+    done = subprocess.run(  # noqa: PLW1510 - the test reads the return code
+        [sys.executable, "-m", "bench", "ingest",
+        "--shape", "3", "1", "100", "--seconds", "3", "--warmup", "1",
         "--ceiling-seconds", "1", "--devices", "200", "--publishers", "1", "--rate", "2000",
-        "--sweep", "300", "--alert-wait", "0", "--json", str(out), "--plot", str(plot),
-        timeout=600,
+        "--sweep", "300", "--alert-wait", "0", "--json", str(out), "--plot", str(plot)],
+        cwd=ROOT, text=True, capture_output=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())

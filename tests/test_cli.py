@@ -11,10 +11,10 @@ from pathlib import Path
 
 import psycopg
 
+from demo.run import demo_database
 from tests.pipeline import wait_until
 from tests.services import SERVER_URL, Backend, Mosquitto, scratch_database
 from urbanpulse.db.connect import drop_database, with_database
-from urbanpulse.demo import demo_database
 
 ROOT = Path(__file__).resolve().parents[1]
 

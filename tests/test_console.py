@@ -19,10 +19,10 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from rules.aqi import iaqi, load_standard
 from tests.apiserver import PONDING_POINT, ApiServer, api_server, notification_link, raise_ponding
 from urbanpulse import serve
 from urbanpulse.db.tokens import Role, create_token
+from urbanpulse.rulefmt.aqi import iaqi, load_standard
 from urbanpulse.serve import free_port
 
 AIR = "区生态环境局"

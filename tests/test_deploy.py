@@ -9,11 +9,12 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from rules.notify.config import load_config
+from notify.config import load_config
 from urbanpulse.cli import build_parser
 from urbanpulse.settings import Settings
 
@@ -102,10 +103,16 @@ def test_the_compose_stack_is_complete_and_its_commands_exist() -> None:
         if source.startswith("./") and not source.endswith(("passwd", "acl")):
             assert (root / source).exists(), source
     dockerfile = (root.parent / "Dockerfile").read_text()
+    copied = set()
     for line in dockerfile.splitlines():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:
                 assert (root.parent / src).exists(), src
+                copied.add(src)
+    # the image holds every package the wheel does, or `urbanpulse` there lacks commands
+    project = tomllib.loads((root.parent / "pyproject.toml").read_text())
+    packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {p.rstrip("*") for p in packages} <= copied
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")

@@ -8,11 +8,11 @@ from typing import Any
 
 import psycopg
 
-from rules.model import Rule, catalogue_files, load_rule_files
 from rules.runner import fires_early, run_pass
 from urbanpulse.contract import Reading, default_registry
 from urbanpulse.db.devices import DeviceSpec, upsert_devices
 from urbanpulse.db.store import store_batch
+from urbanpulse.rulefmt.model import Rule, catalogue_files, load_rule_files
 
 REGISTRY = default_registry()
 NOW = datetime(2026, 11, 20, 9, 0, 37, tzinfo=UTC)  # between two whole minutes

@@ -15,10 +15,10 @@ import psycopg
 import pytest
 import yaml
 
-from rules.grafana import DATASOURCE, boards, dashboard_json, dashboards_folder, expand
-from rules.model import RuleSet, catalogue_files, load_rules
-from rules.notify.config import load_config
-from rules.notify.service import Context, plan
+from dashboards.grafana import DATASOURCE, boards, dashboard_json, dashboards_folder, expand
+from notify.config import load_config
+from notify.context import Context
+from notify.plan import plan
 from simulators.run import Plan
 from tests.apiserver import seeded_database
 from tests.services import PLAIN, TIMESCALE, Backend, need_timescale, scratch_database
@@ -26,6 +26,7 @@ from tests.test_rules_scenarios import evaluate_all, load
 from urbanpulse.contract import default_registry
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy, refresh_rollups
+from urbanpulse.rulefmt.model import RuleSet, catalogue_files, load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = load_rules(catalogue_files(), default_registry())
@@ -266,7 +267,7 @@ class FakeGrafana:
 
 
 def test_provisioning_creates_then_updates_by_uid_through_the_http_api() -> None:
-    from rules.grafana import DatasourceSpec, provision
+    from dashboards.provision import DatasourceSpec, provision
     from urbanpulse.errors import UrbanPulseError
 
     fake = FakeGrafana(token="glsa_test")

@@ -113,9 +113,8 @@ def test_mixed_stream_ends_stored_once_or_quarantined_with_reason(
 def test_unknown_device_is_quarantined_then_replayed_after_provisioning(
     db_url: str, broker: Mosquitto, prefix: str
 ) -> None:
-    from ingest.replay import replay
-    from ingest.worker import validation_limits
-    from urbanpulse.contract import default_registry
+    from urbanpulse.contract import Limits, default_registry
+    from urbanpulse.db.replay import replay
 
     provision(db_url, DEVICES[:1])  # only aq1; wn1 arrives unknown
     stream = steady_stream(prefix, 30)
@@ -128,7 +127,7 @@ def test_unknown_device_is_quarantined_then_replayed_after_provisioning(
         db_url,
         registry=default_registry(),
         prefix=prefix,
-        limits=validation_limits(load_settings()),
+        limits=Limits.of(load_settings()),
     )
     assert (result.replayed, result.still_failing, result.readings_stored) == (30, 0, 90)
     assert stored(db_url) == stream.readings
@@ -136,7 +135,7 @@ def test_unknown_device_is_quarantined_then_replayed_after_provisioning(
         db_url,
         registry=default_registry(),
         prefix=prefix,
-        limits=validation_limits(load_settings()),
+        limits=Limits.of(load_settings()),
     )
     assert again.replayed == 0  # replayed messages are not replayed twice
 

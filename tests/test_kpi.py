@@ -10,11 +10,12 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg.types.json import Jsonb
 
-from rules.kpi import Kpi, Target, period_bounds, scorecard
-from rules.model import RuleSet, catalogue_files, load_rules
-from rules.recording import CITY
 from rules.runner import run_pass
 from urbanpulse.contract import default_registry
+from urbanpulse.db.scorecard import scorecard
+from urbanpulse.rulefmt.kpis import Kpi, Target, period_bounds
+from urbanpulse.rulefmt.model import RuleSet, catalogue_files, load_rules
+from urbanpulse.rulefmt.records import CITY
 
 TZ = ZoneInfo("Asia/Shanghai")
 REGISTRY = default_registry()

@@ -6,7 +6,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rules.lifecycle import Evaluation, Signal, State, Status, Timing, Transition, run, step
+from urbanpulse.alerts.lifecycle import (
+    Evaluation,
+    Signal,
+    State,
+    Status,
+    Timing,
+    Transition,
+    run,
+    step,
+)
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 B, C, N, U = Signal.BREACH, Signal.CLEAR, Signal.BAND, Signal.UNKNOWN

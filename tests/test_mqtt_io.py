@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest.loadgen import FastPublisher, LoadGenError, _receive_maximum
+from bench.loadgen import FastPublisher, LoadGenError, _receive_maximum
 from ingest.source import LeanClient
 from ingest.worker import Inbox
 from tests.pipeline import wait_until

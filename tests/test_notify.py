@@ -19,15 +19,19 @@ import psycopg
 import pytest
 import yaml
 
-from rules.lifecycle import Evaluation, Signal, Timing
-from rules.model import catalogue_files, load_rules
-from rules.notify.config import NotifyConfig
-from rules.notify.core import AlertInfo, matches, render, route
-from rules.notify.service import FAILED, Context, deliver, escalate, plan, run_once
-from rules.notify.silences import add_silence
-from rules.store import AlertMeta, advance
+from notify.config import NotifyConfig
+from notify.context import FAILED, Context
+from notify.core import AlertInfo, matches, render, route
+from notify.deliver import deliver
+from notify.escalate import escalate
+from notify.plan import plan
+from notify.service import run_once
+from notify.silences import add_silence
 from tests.receivers import HttpReceiver, SmtpReceiver
+from urbanpulse.alerts.lifecycle import Evaluation, Signal, Timing
+from urbanpulse.alerts.store import AlertMeta, advance
 from urbanpulse.contract import default_registry
+from urbanpulse.rulefmt.model import catalogue_files, load_rules
 
 TZ = ZoneInfo("Asia/Shanghai")
 CATALOGUE = load_rules(catalogue_files(), default_registry())
@@ -361,8 +365,8 @@ def test_the_daily_digest_has_the_kpis_the_alerts_of_the_day_and_a_chart(
 
 
 def test_a_rule_may_have_its_own_escalation_delay_and_secrets_stay_out_of_errors() -> None:
-    from rules.notify.channels import redact
-    from rules.notify.config import load_config
+    from notify.channels import redact
+    from notify.config import load_config
 
     cfg = load_config()  # the packaged file
     assert cfg.escalation_after("critical", "air.heavy_pollution_warning") == 300
@@ -470,8 +474,8 @@ def test_departments_sharing_a_channel_each_get_their_message(
 def test_a_sender_bug_is_an_attempt_that_failed_not_a_dead_notifier(
     conn: Conn, smtp: SmtpReceiver, http: HttpReceiver
 ) -> None:
-    from rules.notify.channels import DeliveryError, send
-    from rules.notify.config import Channel
+    from notify.channels import DeliveryError, send
+    from notify.config import Channel
 
     spec = config(smtp, http).model_dump(mode="json")
     spec["channels"]["ops-robot"] = {"type": "webhook", "url": "http://[not-an-address/x"}
@@ -495,7 +499,7 @@ def test_a_sender_bug_is_an_attempt_that_failed_not_a_dead_notifier(
 def test_an_expired_claim_does_not_overwrite_another_notifiers_outcome(
     conn: Conn, smtp: SmtpReceiver, http: HttpReceiver
 ) -> None:
-    from rules.notify.service import _claim, _record
+    from notify.deliver import _claim, _record
 
     ctx = ctx_of(config(smtp, http))
     offline = AlertMeta("device.offline", "warning", "运维中心", {"domain": "device"})

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from rules.model import RuleSet, catalogue_files, load_rules
-from rules.recording import Corrections, Record, WaterBalanceRecord
 from rules.runner import run_pass
 from urbanpulse.contract import default_registry
+from urbanpulse.rulefmt.model import RuleSet, catalogue_files, load_rules
+from urbanpulse.rulefmt.records import Corrections, Record, WaterBalanceRecord
 
 TZ = ZoneInfo("Asia/Shanghai")
 DAY0 = datetime(2026, 11, 1, tzinfo=TZ)  # local midnight, the first of a month

@@ -9,14 +9,14 @@ import pytest
 import yaml
 
 from rules.evaluate import EntitySeries, evaluate, firing, signal_at
-from rules.lifecycle import Signal
-from rules.model import Rule, catalogue_files, load_rule_files, rule_test_files
 from rules.ruletest import run_test_files
 from tests.test_cli import cli
+from urbanpulse.alerts.lifecycle import Signal
 from urbanpulse.contract.registry import default_registry
 from urbanpulse.errors import ContractError
+from urbanpulse.rulefmt.model import Rule, catalogue_files, load_rule_files, rule_test_files
 
-RULES = Path(__file__).resolve().parents[1] / "rules"
+RULES = Path(__file__).resolve().parents[1] / "urbanpulse" / "rulefmt"
 REGISTRY = default_registry()
 T0 = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
 

@@ -12,7 +12,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from rules.model import catalogue_files, load_rule_files, load_rules
 from rules.runner import run_pass
 from simulators.run import Plan, generate, make_plan, provision
 from simulators.scenario import load_scenario
@@ -25,6 +24,7 @@ from urbanpulse.contract import (
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
 from urbanpulse.db.store import QuarantineEntry, store_batch
+from urbanpulse.rulefmt.model import catalogue_files, load_rule_files, load_rules
 from urbanpulse.settings import load_settings
 
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)

@@ -41,7 +41,7 @@ from api.schemas import (
     ResolveCreate,
     Severity,
 )
-from rules.notify.core import condition_text
+from urbanpulse.rulefmt.describe import condition_text
 
 router = APIRouter(tags=["alerts"])
 

@@ -9,7 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import ApiState, State, Viewer, not_found
 from api.schemas import KpiLine, Name, Problem
-from rules.kpi import Kpi, ScoreLine, scorecard
+from urbanpulse.db.scorecard import ScoreLine, scorecard
+from urbanpulse.rulefmt.kpis import Kpi
 
 router = APIRouter(tags=["kpis"])
 

@@ -17,6 +17,9 @@ from api.schemas import (
     ReplayCreate,
     ReplayResultPublic,
 )
+from urbanpulse.contract import Limits
+from urbanpulse.contract.registry import default_registry
+from urbanpulse.db.replay import replay
 
 router = APIRouter(tags=["quarantine"])
 
@@ -93,10 +96,6 @@ async def list_quarantine(
 async def replay_quarantine(
     conn: Conn, state: State, who: Admin, request: Request, body: ReplayCreate | None = None
 ) -> ReplayResultPublic:
-    from ingest.replay import replay
-    from ingest.worker import validation_limits
-    from urbanpulse.contract.registry import default_registry
-
     body = body or ReplayCreate()
     settings = state.settings
     result = await run_in_threadpool(
@@ -104,7 +103,7 @@ async def replay_quarantine(
             settings.database_url,
             registry=default_registry(),
             prefix=settings.topic_prefix,
-            limits=validation_limits(settings),
+            limits=Limits.of(settings),
             reason=body.reason,
             device_id=body.device_id,
             include_failed=body.include_failed,

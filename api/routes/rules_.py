@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path
 
 from api.deps import ApiState, Conn, State, Viewer, not_found
 from api.schemas import Problem, RulePublic
-from rules.notify.core import condition_text
+from urbanpulse.rulefmt.describe import condition_text
 
 router = APIRouter(tags=["rules"])
 

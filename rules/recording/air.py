@@ -7,19 +7,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from rules import aqi as hj633
-from rules import periods
-from rules.recording.model import (
-    CITY,
-    HOUR,
-    AqiRecord,
-    Conn,
-    Row,
-    WarningLevel,
-    WarningRecord,
-    devices_of,
-    utc,
-)
+from rules.recording.common import Conn, Row, devices_of, utc
+from urbanpulse.rulefmt import aqi as hj633
+from urbanpulse.rulefmt import periods
+from urbanpulse.rulefmt.records import CITY, HOUR, AqiRecord, WarningLevel, WarningRecord
 
 Hourly = dict[tuple[str, str], dict[float, float]]  # (station, pollutant) → hour start → mean
 

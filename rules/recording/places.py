@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from rules.recording.model import Conn, OccupancyRecord, PondingRecord, Row, devices_of, utc
+from rules.recording.common import Conn, Row, devices_of, utc
+from urbanpulse.rulefmt.records import OccupancyRecord, PondingRecord
 
 
 def record_occupancy(conn: Conn, rec: OccupancyRecord, ends: list[float]) -> list[Row]:

@@ -9,15 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from rules import periods
-from rules.recording.model import (
-    HOUR,
-    Conn,
-    NightFlowRecord,
-    Row,
-    WaterBalanceRecord,
-    utc,
-)
+from rules.recording.common import Conn, Row, utc
+from urbanpulse.rulefmt import periods
+from urbanpulse.rulefmt.records import HOUR, NightFlowRecord, WaterBalanceRecord
 
 
 @dataclass

@@ -88,7 +88,7 @@ def _xlsx_sheet(
     seconds to parse and a process replaying several windows of it (tests, a notebook) would
     otherwise parse it again each time."""
     del mtime_ns, size  # part of the cache key only
-    import openpyxl  # only needed for Excel sources
+    import openpyxl  # noqa: PLC0415  (slow to import, and only Excel sources need it)
 
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)

@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -30,6 +30,9 @@ from urbanpulse.contract.model import (
     Rejection,
 )
 from urbanpulse.contract.registry import Registry
+
+if TYPE_CHECKING:
+    from urbanpulse.settings import Settings
 
 # Epoch milliseconds before 2000-01-01 are almost always epoch *seconds* sent by mistake.
 MIN_EPOCH_MS = 946_684_800_000
@@ -52,6 +55,15 @@ class Limits:
     max_payload_bytes: int = 262_144
     max_readings: int = 10_000
     max_future: timedelta = timedelta(minutes=5)
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        """The bounds configured in settings (ingest and quarantine replay use the same)."""
+        return cls(
+            settings.ingest_max_payload_bytes,
+            settings.ingest_max_readings_per_message,
+            timedelta(seconds=settings.ingest_max_future_s),
+        )
 
 
 class _Reject(Exception):

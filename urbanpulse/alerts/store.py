@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from rules.lifecycle import Evaluation, State, Status, Timing, Transition, run
+from urbanpulse.alerts.lifecycle import Evaluation, State, Status, Timing, Transition, run
 
 OPEN = (Status.PENDING, Status.FIRING)
 
@@ -209,7 +209,7 @@ def _save(
             Status.INACTIVE: "cancelled",
         }.get(t.to_status)
         if t.to_status in (Status.FIRING, Status.RESOLVED):
-            # the transactional outbox: whoever must hear of it will, once (rules.notify)
+            # the transactional outbox: whoever must hear of it will, once (notify)
             cur.execute(
                 "INSERT INTO notify_outbox (alert_id, kind, at, value) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT DO NOTHING",

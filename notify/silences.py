@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from rules.notify.config import MATCH_KEYS
+from notify.config import MATCH_KEYS
 from urbanpulse.errors import ConfigError
 
 

@@ -1,10 +1,10 @@
 """Load benchmark of the HTTP API, beside the raw SQL time of the same queries, in one run.
 
-    python -m api.bench [--devices 10000] [--days 30] [--rate 200] [--connections 32]
+    python -m bench.api [--devices 10000] [--days 30] [--rate 200] [--connections 32]
                         [--clients 16] [--seconds 15] [--workers 1] [--reuse] [--json FILE]
 
 Builds its own database (kept between runs with --reuse): `--devices` devices in a city's mix
-(rules.bench's fleet) with `--days` of hourly readings each (the six pollutants for the air
+(bench.rules's fleet) with `--days` of hourly readings each (the six pollutants for the air
 stations), and a month of alerts with their history (the newest still firing). Then, for each
 endpoint the operators' screens hit most:
 
@@ -42,14 +42,14 @@ from api.deps import rule_texts
 from api.routes import alerts as alerts_route
 from api.routes import devices as devices_route
 from api.routes import readings as readings_route
-from rules.bench import _fleet
-from rules.model import catalogue_files, load_rules
+from bench.rules import _fleet
 from urbanpulse.contract import default_registry
 from urbanpulse.db.connect import database_name, ensure_database
 from urbanpulse.db.devices import upsert_devices
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
 from urbanpulse.db.tokens import Role, create_token
+from urbanpulse.rulefmt.model import catalogue_files, load_rules
 from urbanpulse.serve import start_api, stop_process
 
 POLLUTANTS = ("pm25", "pm10", "so2", "no2", "o3", "co")
@@ -321,7 +321,9 @@ async def load(  # noqa: PLR0917 - one caller, arguments in reading order
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench api", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument(

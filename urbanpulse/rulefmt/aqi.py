@@ -1,8 +1,8 @@
 """Air quality index per HJ 633-2012, from breakpoint tables held as versioned data.
 
-`load_standard()` reads rules/standards/<name>.yaml; `compute()` turns one set of pollutant
-concentrations into IAQI per pollutant, the AQI, the primary and exceeding pollutants and the
-level with its category and colour, for an hourly (real-time) or a daily report.
+`load_standard()` reads urbanpulse/rulefmt/standards/<name>.yaml; `compute()` turns one set of
+pollutant concentrations into IAQI per pollutant, the AQI, the primary and exceeding pollutants
+and the level with its category and colour, for an hourly (real-time) or a daily report.
 """
 
 from __future__ import annotations
@@ -72,16 +72,17 @@ class AqiStandard(BaseModel):
 
 
 def standards() -> list[str]:
-    """The names of the AQI standards held as data (rules/standards/<name>.yaml)."""
-    folder = resources.files("rules").joinpath("standards")
+    """The names of the AQI standards held as data (urbanpulse/rulefmt/standards/<name>.yaml)."""
+    folder = resources.files("urbanpulse.rulefmt").joinpath("standards")
     return sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml"))
 
 
 @functools.cache  # read once: every AQI record of every pass uses it (the model is frozen)
 def load_standard(name: str = "hj633-2012") -> AqiStandard:
-    folder = resources.files("rules").joinpath("standards")
+    folder = resources.files("urbanpulse.rulefmt").joinpath("standards")
     text = folder.joinpath(f"{name}.yaml").read_text("utf-8")
-    return load_yaml_model(AqiStandard, text, f"rules/standards/{name}.yaml", "AQI standard")
+    where = f"urbanpulse/rulefmt/standards/{name}.yaml"
+    return load_yaml_model(AqiStandard, text, where, "AQI standard")
 
 
 def iaqi(

@@ -1,4 +1,4 @@
-"""Rule files: strict YAML under rules/catalogue/, every problem reported at file:line.
+"""Rule files: strict YAML under urbanpulse/rulefmt/catalogue/, every problem reported at file:line.
 
 An alerting rule reads one metric of a set of devices, reduces each device's readings over a
 window of measurement time to one number, and compares it with a threshold (with a separate
@@ -18,9 +18,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rules.kpi import Kpi
-from rules.lifecycle import Timing
-from rules.recording import (
+from urbanpulse.alerts.lifecycle import Timing
+from urbanpulse.contract.model import Reason
+from urbanpulse.contract.registry import Registry
+from urbanpulse.durations import Duration
+from urbanpulse.errors import ContractError
+from urbanpulse.rulefmt.kpis import Kpi
+from urbanpulse.rulefmt.records import (
     AqiRecord,
     PondingRecord,
     Record,
@@ -28,10 +32,6 @@ from rules.recording import (
     WarningRecord,
     WaterBalanceRecord,
 )
-from urbanpulse.contract.model import Reason
-from urbanpulse.contract.registry import Registry
-from urbanpulse.durations import Duration
-from urbanpulse.errors import ContractError
 from urbanpulse.yamlfile import load_yaml_model
 
 # The plan's 牵头单位 that own sensor-measurable targets (plan-thresholds.md, section 3).
@@ -189,12 +189,12 @@ class RuleSet:
 
 
 def catalogue_files() -> list[Path]:
-    """The packaged rule catalogue (rules/catalogue/*.yaml)."""
+    """The packaged rule catalogue (urbanpulse/rulefmt/catalogue/*.yaml)."""
     return sorted((Path(__file__).parent / "catalogue").glob("*.yaml"))
 
 
 def rule_test_files() -> list[Path]:
-    """The packaged rule unit tests (rules/tests/*_test.yaml)."""
+    """The packaged rule unit tests (urbanpulse/rulefmt/tests/*_test.yaml)."""
     return sorted((Path(__file__).parent / "tests").glob("*_test.yaml"))
 
 

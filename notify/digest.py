@@ -4,20 +4,34 @@ against the target line (e.g. the leakage rate of each DMA against 10 %)."""
 
 from __future__ import annotations
 
+import logging
 import struct
 import zlib
+from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import psycopg
+from notify.context import (
+    Conn,
+    Context,
+    load_alerts,
+    to_level,
+)
+from notify.core import (
+    AlertInfo,
+    Message,
+    dept_tag,
+    route,
+)
+from urbanpulse.db.scorecard import ScoreLine, scorecard
+from urbanpulse.rulefmt.kpis import Kpi
+from urbanpulse.rulefmt.records import CITY
 
-from rules.kpi import Kpi, ScoreLine, scorecard
-from rules.notify.core import dept_tag
-from rules.recording import CITY
+log = logging.getLogger(__name__)
 
-Conn = psycopg.Connection[Any]
 GREEN, RED, GREY, WHITE = (0, 160, 80), (220, 40, 40), (90, 90, 90), (255, 255, 255)
 
 
@@ -111,3 +125,70 @@ def build(
 
 def digest_key(channel: str, department: str, day: date) -> str:
     return f"digest:{channel}:{dept_tag(department)}:{day.isoformat()}"
+
+
+def plan_digests(conn: Conn, ctx: Context, day: date, now: datetime) -> int:
+    """Each department's digest of the local `day` to the channels of its first level, once
+    per day, department and channel, due at `now`; returns the notifications created. A
+    department hears of the alerts routed to it, as it did when they fired."""
+    keys = {
+        (dept, ch): digest_key(ch, dept, day)
+        for dept, spec in ctx.config.departments.items()
+        for ch in spec.levels[0]
+    }
+    done = {
+        str(k)
+        for (k,) in conn.execute(
+            "SELECT idempotency_key FROM notifications WHERE idempotency_key = ANY(%s)",
+            (list(keys.values()),),
+        ).fetchall()
+    }
+    conn.commit()
+    missing = {dept for (dept, _), key in keys.items() if key not in done}
+    if not missing:
+        return 0
+    start = datetime.combine(day, datetime.min.time(), ctx.tz)
+    ids = [
+        int(i)
+        for (i,) in conn.execute(
+            "SELECT id FROM alerts WHERE status IN ('firing', 'resolved') AND started_at < %s "
+            "AND (ended_at IS NULL OR ended_at >= %s) ORDER BY started_at",
+            (start + timedelta(days=1), start),
+        ).fetchall()
+    ]
+    routed: dict[str, list[AlertInfo]] = defaultdict(list)
+    for info in load_alerts(conn, ctx, ids).values():
+        for dept in route(info, ctx.config):
+            routed[dept].append(info)
+    created = 0
+    for dept in sorted(missing):
+        alerts = sorted(routed.get(dept, []), key=lambda a: (a.started_at or start, a.id))
+        got = build(conn, dept, list(ctx.kpis), day, tz=ctx.tz, alerts=alerts)
+        if got is None:
+            continue
+        msg = Message(got.title, got.body)
+        chart = (f"digest-{day.isoformat()}.png", got.chart) if got.chart else None
+        with conn.transaction():
+            created += to_level(
+                conn,
+                ctx,
+                dept,
+                0,
+                kind="digest",
+                msg=msg,
+                key=partial(digest_key, department=dept, day=day),
+                due=now,
+                attachment=chart,
+            )
+    return created
+
+
+def digest_day(ctx: Context, now: datetime) -> date | None:
+    """The day whose digest is due (the day before, once `digest.at` has passed)."""
+    if not ctx.config.digest.enabled:
+        return None
+    local = now.astimezone(ctx.tz)
+    hour, minute = map(int, ctx.config.digest.at.split(":"))
+    if (local.hour, local.minute) < (hour, minute):
+        return None
+    return local.date() - timedelta(days=1)

@@ -1,4 +1,4 @@
-"""`urbanpulse bench ingest`: the product's ingest rate beside this machine's ceilings.
+"""`python -m bench ingest`: the product's ingest rate beside this machine's ceilings.
 
 In one run, on one machine, against the same broker and a database of its own:
 
@@ -14,7 +14,7 @@ In one run, on one machine, against the same broker and a database of its own:
    the window (the moment its first reading ≥ 15 cm was published to the alert row), CPU and
    peak memory of each process, and readings stored against published.
 4. **The peer** (on the first shape): Node-RED's typical flow into PostgreSQL
-   (`ingest/peer.py`), fed the same way; compared on messages stored per second until the
+   (`bench/peer.py`), fed the same way; compared on messages stored per second until the
    last one was stored.
 
 Payload shapes (`--shape`): `3` readings a message (a water meter: flow, pressure, volume; the
@@ -48,7 +48,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.loadgen import FastPublisher
+from bench.loadgen import FastPublisher
 from ingest.source import LeanClient
 from simulators.publisher import Publisher
 from urbanpulse.broker import parse_broker_url
@@ -330,7 +330,7 @@ def broker_ceiling(
     got = [0]
     last = [0.0]
     # paho with the ingest workers' lean I/O: a stock paho subscriber spends ~5 times the CPU
-    # a message (python -m ingest.bench_client) and would measure itself, not the broker
+    # a message (python -m bench.client) and would measure itself, not the broker
     sub = LeanClient(
         CallbackAPIVersion.VERSION2, client_id=f"bench-count-{os.getpid()}", protocol=mqtt.MQTTv5
     )
@@ -578,7 +578,7 @@ def peer_run(
 ) -> Peer:
     """Node-RED's flow into a database of its own, fed like ours: as fast as the publishers
     go (or at `rate`) for the window (after a 5 s warm-up), then drained for up to 5 minutes."""
-    from ingest.peer import NodeRed
+    from bench.peer import NodeRed
 
     out = Peer(shape, name="Node-RED 4 (mqtt in → function → pg INSERT)")
     db_url = with_database(server_url, f"urbanpulse_bench_peer_{os.getpid()}")
@@ -661,7 +661,7 @@ def _latency(db_url: str, since: datetime) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="urbanpulse bench ingest", description=(__doc__ or "").split("\n\n")[0]
+        prog="python -m bench ingest", description=(__doc__ or "").split("\n\n")[0]
     )
     ap.add_argument("--shape", choices=sorted(SHAPES), nargs="+", default=["3", "1", "100"])
     ap.add_argument("--workers", type=int, default=2, help="ingest processes (default 2)")
@@ -830,7 +830,7 @@ def _peer(
     say: Callable[[str], None],
     ours: dict[str, Any],
 ) -> dict[str, Any]:
-    from ingest.peer import available, install
+    from bench.peer import available, install
 
     name = args.shape[0]
     why = available()
@@ -883,7 +883,7 @@ def svg_chart(result: dict[str, Any]) -> str:
     thr = " ".join(f"{x(o):.1f},{y(m, ymax):.1f}" for o, m, _ in pts)
     lat = " ".join(f"{x(o):.1f},{y(p99, lmax):.1f}" for o, _, p99 in pts)
     ideal = f"{x(0):.1f},{y(0, ymax):.1f} {x(xmax):.1f},{y(xmax, ymax):.1f}"
-    title = f"urbanpulse bench ingest, {result['date']}, {result['machine']['cpus']} CPUs"
+    title = f"python -m bench ingest, {result['date']}, {result['machine']['cpus']} CPUs"
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
         'font-family="sans-serif" font-size="12">',

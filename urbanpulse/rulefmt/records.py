@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, time
-from typing import Annotated, Any, Literal
+from datetime import time
+from typing import Annotated, Literal
 
-import psycopg
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rules import aqi as hj633
 from urbanpulse.durations import Duration
+from urbanpulse.rulefmt import aqi as hj633
 
 HOUR = 3600.0
 CITY = "全区"  # the whole district, beside each station, DMA or car park
@@ -34,6 +32,11 @@ class _Record(_Strict):
     # how long after a period ends to wait for slow meters before computing it once
     delay: Duration = Field(0.0, ge=0)
 
+    @property
+    def reads(self) -> str | None:
+        """The record this one is computed from, if any: it is computed no further than that."""
+        return None
+
 
 class AqiRecord(_Record):
     kind: Literal["aqi"]
@@ -51,7 +54,9 @@ class AqiRecord(_Record):
     def _known_standard(cls, value: str) -> str:
         known = hj633.standards()
         if value not in known:
-            raise ValueError(f"no AQI standard {value!r} in rules/standards ({', '.join(known)})")
+            raise ValueError(
+                f"no AQI standard {value!r} in urbanpulse/rulefmt/standards ({', '.join(known)})"
+            )
         return value
 
 
@@ -68,6 +73,10 @@ class WarningRecord(_Record):
     kind: Literal["pollution_warning"]
     aqi: str = Field(pattern=ID_PATTERN)  # the rolling 24 h AQI record it reads
     levels: list[WarningLevel] = Field(min_length=1)
+
+    @property
+    def reads(self) -> str | None:
+        return self.aqi
 
 
 class Corrections(_Strict):
@@ -111,6 +120,10 @@ class WaterBalanceRecord(_Record):
 
     def corrections_of(self, zone: str) -> Corrections:
         return self.zones.get(zone, self.corrections)
+
+    @property
+    def reads(self) -> str | None:
+        return self.days
 
 
 class NightFlowRecord(_Record):
@@ -174,28 +187,3 @@ Record = Annotated[
     | PondingRecord,
     Field(discriminator="kind"),
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    series: str
-    entity: str
-    start: float
-    end: float
-    value: float
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-Conn = psycopg.Connection[Any]
-
-
-def utc(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC)
-
-
-def devices_of(conn: Conn, kinds: list[str]) -> list[tuple[str, str | None, dict[str, Any]]]:
-    rows = conn.execute(
-        "SELECT device_id, zone, attributes FROM devices WHERE kind = ANY(%s) ORDER BY device_id",
-        (kinds,),
-    ).fetchall()
-    return [(str(d), z, dict(a)) for d, z, a in rows]

@@ -5,14 +5,27 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
+
+from notify.context import load_context
+from notify.deliver import deliver
+from notify.plan import plan
+from rules.runner import run_pass
+from simulators.command import describe
+from simulators.run import make_plan, provision, run
+from simulators.scenario import load_scenario
+from urbanpulse.contract.registry import default_registry
 from urbanpulse.db.connect import (
     connect,
     database_name,
@@ -22,7 +35,12 @@ from urbanpulse.db.connect import (
 )
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
-from urbanpulse.serve import stop_process
+from urbanpulse.db.scorecard import scorecard
+from urbanpulse.db.tokens import Role, create_token
+from urbanpulse.errors import UrbanPulseError
+from urbanpulse.rulefmt.model import catalogue_files, load_rules
+from urbanpulse.rulefmt.records import CITY
+from urbanpulse.serve import free_port, start_api, stop_process
 from urbanpulse.settings import Settings
 
 DOMAINS = ("water", "flood", "air", "parking")
@@ -110,12 +128,6 @@ def _highlights(conn: Any, since: datetime) -> list[str]:
 def _alerts(settings: Settings, start: float, end: float, tz: str) -> tuple[list[str], list[str]]:
     """Run the rule catalogue once over the scenario's span; describe the alerts and the plan
     KPIs of the whole city (and every entity that misses its target)."""
-    from rules.kpi import scorecard
-    from rules.model import catalogue_files, load_rules
-    from rules.recording import CITY
-    from rules.runner import run_pass
-    from urbanpulse.contract.registry import default_registry
-
     registry = default_registry()
     catalogue = load_rules(catalogue_files(), registry)
     zone = ZoneInfo(tz)
@@ -163,11 +175,6 @@ def _alerts(settings: Settings, start: float, end: float, tz: str) -> tuple[list
 def _notifications(settings: Settings) -> list[str]:
     """One notifier pass over the alerts just raised (no group wait): what each department
     would be sent, and which channels are off until their URL variable is set."""
-    from collections import Counter
-    from dataclasses import replace
-
-    from rules.notify.service import deliver, load_context, plan
-
     ctx = load_context(settings)
     config = ctx.config.model_copy(update={"group_wait": 0.0})
     ctx = replace(ctx, config=config)
@@ -193,8 +200,6 @@ def _notifications(settings: Settings) -> list[str]:
 
 
 def _through_api(url: str, token: str) -> list[str]:
-    import httpx
-
     try:
         got = httpx.get(
             f"{url}/api/v1/alerts",
@@ -219,9 +224,6 @@ def demo_database(url: str) -> str:
 
 
 def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> int:
-    from simulators.run import make_plan, provision
-    from simulators.scenario import load_scenario
-
     sc = load_scenario(scenario)
     # The demo owns a database of its own, recreated on every run: a scenario replays fixed
     # simulated days, so data left by an earlier run (or real data) would mix with it.
@@ -259,12 +261,6 @@ def run_demo(settings: Settings, *, duration: float, scenario: str = "demo") -> 
 def _start_api(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str, str]:
     """`urbanpulse api` on the demo database (on the configured port, or a free one), with an
     admin token of the demo's own."""
-    import socket
-
-    from urbanpulse.db.tokens import Role, create_token
-    from urbanpulse.errors import UrbanPulseError
-    from urbanpulse.serve import free_port, start_api
-
     with connect(settings.database_url) as conn:
         token, _ = create_token(conn, "demo-admin", Role.ADMIN)
     port = settings.api_port
@@ -279,32 +275,23 @@ def _start_api(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str,
     return proc, url, token
 
 
-def _run(settings: Settings, plan: Any, api_url: str, api_token: str) -> int:
-    from simulators.command import describe
-    from simulators.run import run
-
-    proc, lines = _start_ingest(settings)
+def _wait_subscribed(proc: subprocess.Popen[str], lines: queue.Queue[str]) -> bool:
+    """Wait until the ingest worker says it subscribed (or dies, or the timeout passes)."""
     deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_S
-    subscribed = False
-    while time.monotonic() < deadline and proc.poll() is None and not subscribed:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             line = lines.get(timeout=0.5)
         except queue.Empty:
             continue
-        subscribed = "subscribed to" in line
         if "ERROR" in line:
             _say(f"  ingest: {line}")
-    if not subscribed:
-        proc.terminate()
-        _say(
-            "✗ the ingest worker did not subscribe; is Mosquitto running at "
-            f"{settings.mqtt_url}? (see `urbanpulse ingest` output)"
-        )
-        return 1
-    _say(f"  ingest worker running (pid {proc.pid})")
-    describe(plan)
+        if "subscribed to" in line:
+            return True
+    return False
 
-    started = datetime.now(UTC)
+
+def _publish(settings: Settings, plan: Any, started: datetime) -> tuple[Any, bool]:
+    """Run the scenario with progress every 5 s; returns (outcome or None, interrupted)."""
     stop = threading.Event()
     last_print = [time.monotonic()]
 
@@ -331,17 +318,19 @@ def _run(settings: Settings, plan: Any, api_url: str, api_token: str) -> int:
         stored = row[0] if row and isinstance(row[0], int) else 0
         return published - stored > MAX_BEHIND
 
-    interrupted = False
     try:
         outcome = run(plan, stop=stop, on_progress=on_progress, hold=hold)
-        interrupted = outcome.interrupted
     except KeyboardInterrupt:
-        interrupted = True
         stop.set()
-        outcome = None
-    watch.close()
+        return None, True
+    finally:
+        watch.close()
+    return outcome, outcome.interrupted
+
+
+def _drain(settings: Settings, started: datetime, outcome: Any) -> None:
+    """Let ingest drain: wait until the stored count stops moving (or matches the ledger)."""
     expected = outcome.readings if outcome else None
-    # let ingest drain: wait until the stored count stops moving (or matches the ledger)
     seen, still = -1, 0
     while still < 4:
         time.sleep(0.5)
@@ -354,15 +343,25 @@ def _run(settings: Settings, plan: Any, api_url: str, api_token: str) -> int:
             and outcome is not None
             and (quarantined >= outcome.quarantined)
         ):
-            break
+            return
         still = still + 1 if total == seen else 0
         seen = total
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
     proc.send_signal(signal.SIGTERM)
     try:
-        code = proc.wait(timeout=20)
+        return proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-        code = -9
+        return -9
+
+
+def _report_stored(
+    settings: Settings, started: datetime, outcome: Any, interrupted: bool, code: int
+) -> tuple[dict[str, int], bool]:
+    """What was stored and quarantined against what the simulator sent, and the highlights;
+    returns the counts per domain and whether everything sent is accounted for."""
     with connect(settings.database_url) as conn:
         counts, quarantined = _counts(conn, started)
         reasons = conn.execute(
@@ -401,24 +400,31 @@ def _run(settings: Settings, plan: Any, api_url: str, api_token: str) -> int:
             )
     for line in highlights:
         _say(f"  {line}")
-    if outcome is not None and not interrupted:
-        _say("")
-        _say("Alerts raised by the rule catalogue over the simulated days:")
-        alert_lines, kpi_lines = _alerts(settings, plan.start, plan.end, plan.city.timezone)
-        for line in alert_lines:
-            _say(f"  {line}")
-        _say("")
-        _say("Plan KPIs (全区, and every place that misses its target):")
-        for line in kpi_lines:
-            _say(f"  {line}")
-        _say("")
-        _say("Notifications to the departments (urbanpulse notify):")
-        for line in _notifications(settings):
-            _say(f"  {line}")
-        _say("")
-        _say("The same alerts through the HTTP API:")
-        for line in _through_api(api_url, api_token):
-            _say(f"  {line}")
+    return counts, ok
+
+
+def _report_verdicts(settings: Settings, plan: Any, api_url: str, api_token: str) -> None:
+    """The rules' alerts and KPIs over the simulated days, the notifications, the API."""
+    _say("")
+    _say("Alerts raised by the rule catalogue over the simulated days:")
+    alert_lines, kpi_lines = _alerts(settings, plan.start, plan.end, plan.city.timezone)
+    for line in alert_lines:
+        _say(f"  {line}")
+    _say("")
+    _say("Plan KPIs (全区, and every place that misses its target):")
+    for line in kpi_lines:
+        _say(f"  {line}")
+    _say("")
+    _say("Notifications to the departments (urbanpulse notify):")
+    for line in _notifications(settings):
+        _say(f"  {line}")
+    _say("")
+    _say("The same alerts through the HTTP API:")
+    for line in _through_api(api_url, api_token):
+        _say(f"  {line}")
+
+
+def _where_next(settings: Settings, api_url: str, api_token: str) -> None:
     _say("")
     _say("Where to look next:")
     _say(f"  {api_url}/docs   the API while the demo runs (token {api_token})")
@@ -435,6 +441,27 @@ def _run(settings: Settings, plan: Any, api_url: str, api_token: str) -> int:
     _say("  urbanpulse simulate --list           the other scenarios")
     _say(f"  psql {settings.database_url} -c 'SELECT * FROM readings ORDER BY ts DESC LIMIT 20'")
     _say("  docs/simulators.md                   what each scenario does and should raise")
+
+
+def _run(settings: Settings, plan: Any, api_url: str, api_token: str) -> int:
+    proc, lines = _start_ingest(settings)
+    if not _wait_subscribed(proc, lines):
+        proc.terminate()
+        _say(
+            "✗ the ingest worker did not subscribe; is Mosquitto running at "
+            f"{settings.mqtt_url}? (see `urbanpulse ingest` output)"
+        )
+        return 1
+    _say(f"  ingest worker running (pid {proc.pid})")
+    describe(plan)
+    started = datetime.now(UTC)
+    outcome, interrupted = _publish(settings, plan, started)
+    _drain(settings, started, outcome)
+    code = _stop(proc)
+    counts, ok = _report_stored(settings, started, outcome, interrupted, code)
+    if outcome is not None and not interrupted:
+        _report_verdicts(settings, plan, api_url, api_token)
+    _where_next(settings, api_url, api_token)
     missing = [d for d in DOMAINS if not counts.get(d)]
     if missing and not interrupted:
         _say(f"✗ no readings arrived for {', '.join(missing)}")

@@ -1,6 +1,6 @@
 """Publish-rate benchmark of the simulator at fleet scale, beside its baseline.
 
-    python -m simulators.bench [--devices 100000] [--seconds 30] [--trials 3] [--processes 1 2]
+    python -m bench.simulators [--devices 100000] [--seconds 30] [--trials 3] [--processes 1 2]
 
 Baseline: one connection publishing a pre-encoded customer-meter payload in a loop, with the
 same publisher (QoS 1, acknowledged): the ceiling of one MQTT connection from Python here.
@@ -56,14 +56,16 @@ def simulator_rate(devices: int, processes: int, seconds: float, qos: int) -> tu
     return result.messages / busy, result.messages
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench simulators", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     settings = load_settings()
     print(
         f"simulator publish benchmark: {args.devices:,} devices, {args.seconds:g} s per trial, "

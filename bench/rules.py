@@ -1,6 +1,6 @@
 """Evaluation time per tick of the whole catalogue over a large fleet, beside its baseline.
 
-    python -m rules.bench [--devices 10000] [--ticks 5] [--lateness 0] [--json FILE]
+    python -m bench.rules [--devices 10000] [--ticks 5] [--lateness 0] [--json FILE]
                           [--database-url URL]
 
 Creates (and drops) its own database and provisions `--devices` devices in the shares of a
@@ -33,13 +33,13 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from rules import runner
-from rules.model import RuleSet, catalogue_files, load_rules
 from rules.runner import entities_of, fetch_series, run_pass
 from urbanpulse.contract import default_registry
 from urbanpulse.db.connect import drop_database, with_database
 from urbanpulse.db.devices import DeviceSpec, upsert_devices
 from urbanpulse.db.migrate import migrate
 from urbanpulse.db.policy import load_policy
+from urbanpulse.rulefmt.model import RuleSet, catalogue_files, load_rules
 
 TZ = ZoneInfo("Asia/Shanghai")
 POLLUTANTS = {"pm25": 60.0, "pm10": 90.0, "so2": 10.0, "no2": 40.0, "o3": 80.0, "co": 0.8}
@@ -178,7 +178,9 @@ def _mass_ticks(conn: psycopg.Connection[Any], catalogue: RuleSet, start: dateti
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench rules", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--ticks", type=int, default=5)
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")

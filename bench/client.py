@@ -1,6 +1,6 @@
 """The MQTT receive path of an ingest worker, stock paho against `LeanClient`, in one run.
 
-    python -m ingest.bench_client [--seconds 8] [--trials 2]
+    python -m bench.client [--seconds 8] [--trials 2]
 
 A subscriber with manual acknowledgement, like an ingest worker's (QoS 1, every message acked:
 stock paho one by one as each arrives, `LeanClient` a hundred at a time with `ack_many`, as a
@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest.bench import Broker, Load, publish_for
+from bench.ingest import Broker, Load, publish_for
 from ingest.source import LeanClient
 
 
@@ -84,7 +84,7 @@ def trial(broker: Broker, lean: bool, seconds: float, index: int) -> tuple[float
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ingest.bench_client", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m bench.client", description=__doc__)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--trials", type=int, default=2)
     args = ap.parse_args(argv)

@@ -10,10 +10,9 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
-from rules.notify.config import NotifyConfig
+from notify.config import NotifyConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,20 +197,3 @@ def render(
         zh.append(f"- ……另有 {more} 条，见告警列表")
         en.append(f"- … and {more} more: see the alert list")
     return Message(title, "\n".join([*zh, "", *en]), [a.id for a in alerts])
-
-
-def clause_text(rule: Any) -> str:
-    """The plan clause a rule implements, with its national standard, e.g. '一、(三)；CJJ 92'."""
-    if rule is None:
-        return ""
-    std = rule.implements.standard
-    return f"{rule.implements.clause}{f'；{std}' if std else ''}"
-
-
-def condition_text(rule: Any) -> str:
-    """A rule's threshold as people read it, e.g. '> 10 (clears at 8)'."""
-    cond = getattr(rule, "condition", None)
-    if cond is None:
-        return {"no_data": "no data", "stuck": "flat line"}.get(getattr(rule, "type", ""), "-")
-    clear = "" if cond.clear is None else f"（{cond.clear:g} 恢复 / clears at {cond.clear:g}）"
-    return f"{cond.op} {cond.value:g}{clear}"

@@ -8,6 +8,7 @@ apprise JSON endpoints, so that a receiver can drop a redelivery.
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import tempfile
@@ -17,7 +18,7 @@ from urllib.parse import quote, urlsplit
 import apprise
 import httpx
 
-from rules.notify.config import Channel
+from notify.config import Channel
 from urbanpulse.errors import UrbanPulseError
 
 
@@ -53,8 +54,6 @@ def _webhook(
 ) -> None:
     payload: dict[str, object] = {"title": title, "body": body, "idempotency_key": key}
     if attachment is not None:
-        import base64
-
         payload["attachment"] = {
             "filename": attachment[0],
             "base64": base64.b64encode(attachment[1]).decode(),

@@ -1,0 +1,2 @@
+"""The Grafana dashboards, generated from the rule files (grafana.py), and their provisioning
+into a running Grafana (provision.py)."""
