@@ -11,7 +11,18 @@ import psycopg
 import pytest
 
 from urbanpulse.alerts.lifecycle import Evaluation, Signal, Status, Timing
-from urbanpulse.alerts.store import AlertMeta, advance, advance_many, load_states, open_alerts
+from urbanpulse.alerts.store import (
+    LOCK,
+    AlertMeta,
+    advance,
+    advance_many,
+    execute,
+    load_states,
+    lock_alert,
+    lock_key,
+    open_alerts,
+    resolve_by_hand,
+)
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 META = AlertMeta("flood.ponding_15cm", "critical", "区住房城乡建委", {"domain": "flood"})
@@ -150,3 +161,84 @@ def test_a_batch_saves_open_alerts_and_states_without_transitions(
     assert (alert["entity"], alert["status"], alert["value"]) == ("fl-a", "firing", 31.0)
     assert load_states(conn, META.rule_id)["fl-a"].last_at == at(20)
     assert load_states(conn, META.rule_id)["fl-b"].status is Status.INACTIVE
+
+
+def _resolve_by_hand(conn: psycopg.Connection[Any], alert_id: int, note: str) -> datetime | None:
+    with conn.transaction(), conn.cursor() as cur:
+        head = execute(cur, lock_alert(alert_id))
+        if head is None:
+            return None
+        return execute(cur, resolve_by_hand(head, note))
+
+
+def test_a_resolve_by_hand_goes_through_the_lifecycle_and_the_entity_starts_afresh(
+    conn: psycopg.Connection[Any],
+) -> None:
+    B = Signal.BREACH
+    advance(conn, META, "fl-a", evs((0, B), (10, B)), FOR_10)  # firing
+    advance(conn, META, "fl-b", evs((0, B)), FOR_10)  # pending
+    firing, pending = (a["id"] for a in open_alerts(conn))
+    assert _resolve_by_hand(conn, 10**9, "no such alert") is None
+    ended = _resolve_by_hand(conn, firing, "resolved by ops: sensor replaced")
+    _resolve_by_hand(conn, pending, "resolved by ops: false alarm")
+    assert ended is not None and abs(datetime.now(UTC) - ended) < timedelta(minutes=5)
+    assert open_alerts(conn) == []
+    # the same rows the runner writes: events with the note, the alert closed, and only the
+    # alert somebody was told about is announced as resolved
+    assert rows(
+        conn,
+        "SELECT alert_id, from_status, to_status, note FROM alert_events "
+        "WHERE to_status = 'resolved' ORDER BY alert_id",
+    ) == [
+        (firing, "firing", "resolved", "resolved by ops: sensor replaced"),
+        (pending, "pending", "resolved", "resolved by ops: false alarm"),
+    ]
+    assert rows(conn, "SELECT alert_id, kind FROM notify_outbox WHERE kind = 'resolved'") == [
+        (firing, "resolved")
+    ]
+    assert rows(conn, f"SELECT status, ended_at FROM alerts WHERE id = {firing}") == [
+        ("resolved", ended)
+    ]
+    states = load_states(conn, META.rule_id)
+    assert states["fl-a"].status is Status.RESOLVED and states["fl-a"].last_at is None
+    # resolving twice changes nothing
+    _resolve_by_hand(conn, firing, "again")
+    assert rows(conn, f"SELECT count(*) FROM alert_events WHERE alert_id = {firing}") == [(3,)]
+    # the condition still holds: a new alert opens, and fires after the rule's `for`
+    advance(conn, META, "fl-a", evs((20, B), (30, B)), FOR_10)
+    [again] = [a for a in open_alerts(conn) if a["entity"] == "fl-a"]
+    assert again["id"] != firing and (again["status"], again["started_at"]) == ("firing", at(20))
+
+
+def test_a_resolve_by_hand_waits_for_a_runner_holding_the_entity(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    B = Signal.BREACH
+    advance(conn, META, "fl-c", evs((0, B), (10, B)), FOR_10)
+    [alert] = open_alerts(conn)
+    runner_has_lock, release = threading.Event(), threading.Event()
+
+    def runner() -> None:
+        with psycopg.connect(db_url) as other, other.transaction():
+            other.execute(LOCK, (lock_key(META.rule_id, "fl-c"),))
+            runner_has_lock.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=runner)
+    thread.start()
+    assert runner_has_lock.wait(10)
+    done = threading.Event()
+
+    def operator() -> None:
+        with psycopg.connect(db_url) as own:
+            _resolve_by_hand(own, alert["id"], "by hand")
+        done.set()
+
+    op = threading.Thread(target=operator)
+    op.start()
+    assert not done.wait(0.5), "the resolve must wait for the runner's turn"
+    release.set()
+    thread.join(10)
+    assert done.wait(10)
+    op.join(10)
+    assert open_alerts(conn) == []

@@ -13,6 +13,7 @@ from urbanpulse.alerts.lifecycle import (
     Status,
     Timing,
     Transition,
+    resolved_by_hand,
     run,
     step,
 )
@@ -123,3 +124,25 @@ def test_flapping_is_held_firing_instead_of_spamming() -> None:
     state, history = run(later, timing, state)
     assert state.status is R and not state.flapping
     assert path(history) == [(F, R, at(25))]
+
+
+def test_a_resolve_by_hand_closes_an_open_alert_and_forgets_its_run() -> None:
+    timing = Timing(for_s=600, flap_window_s=3600)
+    now = datetime(2026, 11, 20, 1, 0, tzinfo=UTC)
+    firing, _ = run(
+        [Evaluation(now - timedelta(minutes=m), Signal.BREACH, 20.0) for m in (20, 5)], timing
+    )
+    assert firing.status is Status.FIRING
+    state, [change] = resolved_by_hand(firing, now, "sensor replaced")
+    assert (change.from_status, change.to_status, change.at, change.note) == (
+        Status.FIRING,
+        Status.RESOLVED,
+        now,
+        "sensor replaced",
+    )
+    assert state == State(status=Status.RESOLVED, ended_at=now)
+    assert resolved_by_hand(state, now, "again") == (state, [])
+    # afresh: even an evaluation older than the last one applied counts, and `for` runs again
+    older = now - timedelta(minutes=1)
+    pending, changes = step(state, Evaluation(older, Signal.BREACH, 20.0), timing)
+    assert pending.status is Status.PENDING and [c.to_status for c in changes] == [Status.PENDING]

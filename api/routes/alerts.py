@@ -41,6 +41,7 @@ from api.schemas import (
     ResolveCreate,
     Severity,
 )
+from urbanpulse.alerts.store import execute_async, lock_alert, resolve_by_hand
 from urbanpulse.rulefmt.describe import condition_text
 
 router = APIRouter(tags=["alerts"])
@@ -254,13 +255,17 @@ async def _lock(conn: AConn, who: Principal, alert_id: int) -> dict[str, Any]:
     ).fetchone()
     if row is None:
         raise not_found(f"alert {alert_id}")
-    if not who.may_act_for(row["owner"]):
+    may_act(who, alert_id, row["owner"])
+    return row
+
+
+def may_act(who: Principal, alert_id: int, owner: str) -> None:
+    """403 unless the caller's token acts for the department that owns the alert."""
+    if not who.may_act_for(owner):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
-            detail=f"alert {alert_id} belongs to {row['owner']}; your token acts for "
-            f"{who.department}",
+            detail=f"alert {alert_id} belongs to {owner}; your token acts for {who.department}",
         )
-    return row
 
 
 async def _feed(
@@ -388,43 +393,15 @@ async def resolve_alert(
     request: Request,
 ) -> AlertDetail:
     async with conn.transaction():
-        head = await (
-            await conn.execute("SELECT rule_id, entity FROM alerts WHERE id = %s", (alert_id,))
-        ).fetchone()
+        # the runners' lock on this (rule, entity): no evaluation interleaves with us
+        head = await execute_async(conn, lock_alert(alert_id))
         if head is None:
             raise not_found(f"alert {alert_id}")
-        # the rules runners' turn on this (rule, entity): no evaluation interleaves with us
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-            (f"{head['rule_id']}|{head['entity']}",),
-        )
-        row = await _lock(conn, who, alert_id)
-        if row["status"] not in OPEN:
-            raise conflict(f"alert {alert_id} is already {row['status']}")
+        may_act(who, alert_id, head.owner)
+        if head.status not in OPEN:
+            raise conflict(f"alert {alert_id} is already {head.status}")
         await conn.execute("SELECT set_config('urbanpulse.actor', %s, true)", (who.name,))
-        ended = await (
-            await conn.execute(
-                "UPDATE alerts SET status = 'resolved', ended_at = now(), updated_at = now() "
-                "WHERE id = %s RETURNING ended_at",
-                (alert_id,),
-            )
-        ).fetchone()
-        assert ended is not None
-        await conn.execute(
-            "INSERT INTO alert_events (alert_id, from_status, to_status, at, note) "
-            "VALUES (%s, %s, 'resolved', %s, %s)",
-            (alert_id, row["status"], ended["ended_at"], f"resolved by {who.name}: {body.note}"),
-        )
-        if row["status"] == "firing":
-            await conn.execute(
-                "INSERT INTO notify_outbox (alert_id, kind, at) VALUES (%s, 'resolved', %s) "
-                "ON CONFLICT DO NOTHING",
-                (alert_id, ended["ended_at"]),
-            )
-        await conn.execute(
-            "DELETE FROM rule_states WHERE rule_id = %s AND entity = %s AND alert_id = %s",
-            (row["rule_id"], row["entity"], alert_id),
-        )
+        await execute_async(conn, resolve_by_hand(head, f"resolved by {who.name}: {body.note}"))
         await audit(
             conn, who, "alert.resolve", f"alert:{alert_id}", {"note": body.note}, client_of(request)
         )

@@ -12,9 +12,13 @@ machine turns that into inactive → pending → firing → resolved, with:
   time the clear began;
 - flapping: an alert that resolved and fired again `flap_count` times within `flap_window_s`
   is held firing (flagged) until it has stayed clear for a whole window;
-- unknown (no data) never changes the state: a silent device is a separate, device alert.
+- unknown (no data) never changes the state: a silent device is a separate, device alert;
+- a resolve by hand (an operator, for an alert the data cannot clear): the alert resolves
+  now and the entity starts afresh, so a condition that still holds opens a new alert after
+  `for` (`resolved_by_hand`).
 
-The runner owns the clock, SQL and persistence; this module only decides.
+The callers own the clock, SQL and persistence (`urbanpulse.alerts.store`); this module only
+decides.
 """
 
 from __future__ import annotations
@@ -161,6 +165,16 @@ def step(prev: State, ev: Evaluation, timing: Timing) -> tuple[State, list[Trans
         )
         out.append(Transition(Status.FIRING, Status.RESOLVED, clear_since, ev.value))
     return st, out
+
+
+def resolved_by_hand(prev: State, at: datetime, note: str) -> tuple[State, list[Transition]]:
+    """An operator resolves the open alert at `at`. The entity starts afresh: no breach run,
+    no flapping history, and any evaluation may open a new alert. A closed alert stays as is."""
+    if prev.status not in (Status.PENDING, Status.FIRING):
+        return prev, []
+    return State(status=Status.RESOLVED, ended_at=at), [
+        Transition(prev.status, Status.RESOLVED, at, None, note)
+    ]
 
 
 def run(

@@ -1,4 +1,13 @@
-"""Persistence of the alert lifecycle: evaluator states, alerts and their events.
+"""The one writer of alert state: evaluator states, alerts, their events and the notify outbox.
+
+Every change of an alert's status goes through here, whoever asks for it. The rule runner
+brings evaluations; an operator brings a resolve by hand (the API). Both take the same lock on
+(rule, entity), fold their input through the pure state machine (`lifecycle`) and record the
+result with the same statements (`record()`), so a change to the lifecycle is made once.
+
+The writes are written once for both kinds of connection: a *plan* is a generator that yields
+the statements to run and receives each one's first row; `execute()` runs a plan on a
+blocking cursor (the runner), `execute_async()` on an asyncio connection (the API).
 
 `advance()` moves one entity of one rule through a series of evaluations in one transaction:
 it takes a lock on (rule, entity), loads the state the last runner saved, folds the
@@ -11,16 +20,71 @@ recorded once.
 
 from __future__ import annotations
 
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
-from urbanpulse.alerts.lifecycle import Evaluation, State, Status, Timing, Transition, run
+from urbanpulse.alerts.lifecycle import (
+    Evaluation,
+    State,
+    Status,
+    Timing,
+    Transition,
+    resolved_by_hand,
+    run,
+)
 
 OPEN = (Status.PENDING, Status.FIRING)
+
+T = TypeVar("T")
+Statement = tuple[str, Sequence[Any]]
+Plan = Generator[Statement, tuple[Any, ...] | None, T]
+"""Statements to run in order; each yield receives the statement's first row (or None)."""
+
+# Runners and operators take turns on one (rule, entity): a transaction-scoped advisory lock
+# on the key `lock_key()` spells. LOCK_MANY computes the same keys in SQL, sorted, so that two
+# runners locking many entities never deadlock.
+LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+LOCK_MANY = (
+    "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended(%s || '|' || e, 0) "
+    "AS k FROM unnest(%s::text[]) AS e ORDER BY 1) AS keys"
+)
+
+
+def lock_key(rule_id: str, entity: str) -> str:
+    return f"{rule_id}|{entity}"
+
+
+def execute(cur: psycopg.Cursor[Any], plan: Plan[T]) -> T:
+    """Run a plan on a blocking cursor (tuple rows), inside the caller's transaction."""
+    try:
+        statement = next(plan)
+        while True:
+            cur.execute(statement[0], statement[1])
+            row = cur.fetchone() if cur.description is not None else None
+            statement = plan.send(None if row is None else tuple(row))
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+async def execute_async(conn: psycopg.AsyncConnection[Any], plan: Plan[T]) -> T:
+    """Run a plan on an asyncio connection, inside the caller's transaction."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        try:
+            statement = next(plan)
+            while True:
+                await cur.execute(statement[0], statement[1])
+                row = await cur.fetchone() if cur.description is not None else None
+                statement = plan.send(row)
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +134,9 @@ def load_states(conn: psycopg.Connection[Any], rule_id: str) -> dict[str, State]
     return {str(entity): state_from_json(state) for entity, state in rows}
 
 
-def _open_alert(cur: psycopg.Cursor[Any], meta: AlertMeta, entity: str, first: Transition) -> int:
+def _open_alert(meta: AlertMeta, entity: str, first: Transition) -> Plan[int]:
     """The id of the entity's open alert: ours if we opened it, the other runner's if not."""
-    row = cur.execute(
+    row = yield (
         """
         INSERT INTO alerts (rule_id, entity, status, severity, owner, labels, value, pending_at)
         VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s)
@@ -88,13 +152,13 @@ def _open_alert(cur: psycopg.Cursor[Any], meta: AlertMeta, entity: str, first: T
             first.value,
             first.at,
         ),
-    ).fetchone()
+    )
     if row is None:
-        row = cur.execute(
+        row = yield (
             "SELECT id FROM alerts WHERE rule_id = %s AND entity = %s "
             "AND status IN ('pending', 'firing')",
             (meta.rule_id, entity),
-        ).fetchone()
+        )
     assert row is not None, "an open alert exists or was just created"
     return int(row[0])
 
@@ -108,11 +172,9 @@ def advance(
 ) -> tuple[State, list[Transition], int | None]:
     """Apply evaluations (in time order) to one entity, race-free; returns the new state, the
     transitions recorded and the open alert's id."""
-    with conn.transaction(), conn.cursor() as cur:
+    with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
         # runners take turns on this (rule, entity); the lock ends with the transaction
-        cur.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{meta.rule_id}|{entity}",)
-        )
+        cur.execute(LOCK, (lock_key(meta.rule_id, entity),))
         row = cur.execute(
             "SELECT state, alert_id FROM rule_states WHERE rule_id = %s AND entity = %s",
             (meta.rule_id, entity),
@@ -120,7 +182,7 @@ def advance(
         previous = state_from_json(row[0]) if row else State()
         alert_id: int | None = int(row[1]) if row and row[1] is not None else None
         state, transitions = run(evaluations, timing, previous)
-        alert_id = _save(cur, meta, entity, state, transitions=transitions, alert_id=alert_id)
+        alert_id = execute(cur, record(meta, entity, state, transitions, alert_id))
     return state, transitions, alert_id
 
 
@@ -138,12 +200,8 @@ def advance_many(
         return []
     entities = [e for e, _ in items]
     out: list[tuple[str, State, list[Transition]]] = []
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended(%s || '|' || e, 0) "
-            "AS k FROM unnest(%s::text[]) AS e ORDER BY 1) AS keys",
-            (meta.rule_id, entities),
-        )
+    with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute(LOCK_MANY, (meta.rule_id, entities))
         saved = {
             str(e): (state_from_json(st), None if a is None else int(a))
             for e, st, a in cur.execute(
@@ -158,7 +216,7 @@ def advance_many(
             previous, alert_id = saved.get(entity, (State(), None))
             state, transitions = run(evaluations, timing, previous)
             if transitions:
-                _save(cur, meta, entity, state, transitions=transitions, alert_id=alert_id)
+                execute(cur, record(meta, entity, state, transitions, alert_id))
             else:
                 if alert_id is not None:
                     quiet_alerts.append((state.value, state.flapping, alert_id))
@@ -183,22 +241,23 @@ _UPSERT_STATE = """
 """
 
 
-def _save(
-    cur: psycopg.Cursor[Any],
+def record(
     meta: AlertMeta,
     entity: str,
     state: State,
-    *,
     transitions: list[Transition],
     alert_id: int | None,
-) -> int | None:
-    """Record the entity's new state and its transitions; returns the open alert's id."""
+    *,
+    save_state: bool = True,
+) -> Plan[int | None]:
+    """Record the entity's new state and its transitions (events, the alert row, the outbox);
+    returns the open alert's id. The caller holds the (rule, entity) lock."""
     for t in transitions:
         if t.to_status is Status.PENDING and alert_id is None:
-            alert_id = _open_alert(cur, meta, entity, t)
+            alert_id = yield from _open_alert(meta, entity, t)
         if alert_id is None:
             continue
-        cur.execute(
+        yield (
             "INSERT INTO alert_events (alert_id, from_status, to_status, at, value, note) "
             "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (alert_id, t.from_status.value, t.to_status.value, t.at, t.value, t.note),
@@ -208,15 +267,17 @@ def _save(
             Status.RESOLVED: "resolved",
             Status.INACTIVE: "cancelled",
         }.get(t.to_status)
-        if t.to_status in (Status.FIRING, Status.RESOLVED):
-            # the transactional outbox: whoever must hear of it will, once (notify)
-            cur.execute(
+        if t.to_status is Status.FIRING or (
+            t.to_status is Status.RESOLVED and t.from_status is Status.FIRING
+        ):
+            # the transactional outbox: whoever heard of the alert will hear of its end, once
+            yield (
                 "INSERT INTO notify_outbox (alert_id, kind, at, value) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT DO NOTHING",
                 (alert_id, t.to_status.value, t.at, t.value),
             )
         if final is not None:
-            cur.execute(
+            yield (
                 """
                 UPDATE alerts SET status = %s, value = coalesce(%s, value),
                        started_at = CASE WHEN %s = 'firing' THEN %s ELSE started_at END,
@@ -229,13 +290,73 @@ def _save(
         if t.to_status in (Status.RESOLVED, Status.INACTIVE):
             alert_id = None
     if alert_id is not None and not transitions:
-        cur.execute(
+        yield (
             "UPDATE alerts SET value = coalesce(%s, value), flapping = %s, "
             "updated_at = now() WHERE id = %s",
             (state.value, state.flapping, alert_id),
         )
-    cur.execute(_UPSERT_STATE, (meta.rule_id, entity, Jsonb(state_to_json(state)), alert_id))
+    if save_state:
+        yield (_UPSERT_STATE, (meta.rule_id, entity, Jsonb(state_to_json(state)), alert_id))
     return alert_id
+
+
+@dataclass(frozen=True, slots=True)
+class AlertHead:
+    """An alert row as a resolve by hand needs it, read under the (rule, entity) lock."""
+
+    id: int
+    rule_id: str
+    entity: str
+    status: str
+    owner: str
+    severity: str
+    labels: dict[str, str]
+
+
+def lock_alert(alert_id: int) -> Plan[AlertHead | None]:
+    """Take the alert's (rule, entity) lock, the one the runners take, then its row; None when
+    there is no such alert. Nothing the runners do interleaves until the transaction ends."""
+    head = yield ("SELECT rule_id, entity FROM alerts WHERE id = %s", (alert_id,))
+    if head is None:
+        return None
+    yield (LOCK, (lock_key(str(head[0]), str(head[1])),))
+    row = yield (
+        "SELECT id, rule_id, entity, status, owner, severity, labels FROM alerts "
+        "WHERE id = %s FOR UPDATE",
+        (alert_id,),
+    )
+    assert row is not None, "an alert is never deleted"
+    alert_id_, rule_id, entity, status, owner, severity, labels = row
+    return AlertHead(
+        int(alert_id_),
+        str(rule_id),
+        str(entity),
+        str(status),
+        str(owner),
+        str(severity),
+        dict(labels or {}),
+    )
+
+
+def resolve_by_hand(alert: AlertHead, note: str) -> Plan[datetime]:
+    """Resolve an open alert by hand (an operator's input to the lifecycle), under
+    `lock_alert()`'s lock; returns when it ended (the transaction's time)."""
+    row = yield (
+        "SELECT state, alert_id FROM rule_states WHERE rule_id = %s AND entity = %s",
+        (alert.rule_id, alert.entity),
+    )
+    got = yield ("SELECT now()", ())
+    assert got is not None
+    now: datetime = got[0]
+    ours = row is not None and row[1] is not None and int(row[1]) == alert.id
+    # the evaluator's state if it is this alert's, else what the alert row says
+    previous = State(status=Status(alert.status))
+    if ours and row is not None:
+        previous = state_from_json(row[0])
+    state, transitions = resolved_by_hand(previous, now, note)
+    meta = AlertMeta(alert.rule_id, alert.severity, alert.owner, alert.labels)
+    yield from record(meta, alert.entity, state, transitions, alert.id, save_state=ours)
+    return now
 
 
 def open_alerts(conn: psycopg.Connection[Any], rule_id: str | None = None) -> list[dict[str, Any]]:
