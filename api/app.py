@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -114,6 +114,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub=hub,
         rules={r.id: r for r in found.rules},
         rule_text=rule_texts({r.id: r for r in found.rules}),
+        clock=app.state.clock,
     )
     # what start-up built lives as long as the process: keep it out of the collector's full
     # passes, which otherwise walk it all and stall requests (a p99 in tens of ms)
@@ -156,7 +157,10 @@ class _Measure:
         await self.app(scope, receive, sending)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, clock: Callable[[], float] = time.time
+) -> FastAPI:
+    """The API application; `clock` is the wall clock it reads "now" from (see ApiState)."""
     settings = settings or load_settings()
     app = FastAPI(
         title="UrbanPulse API",
@@ -169,6 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.state.settings = settings
+    app.state.clock = clock
     origins = [o.strip() for o in settings.api_cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(

@@ -7,6 +7,7 @@ import hmac
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -62,6 +63,13 @@ class ApiState:
     hub: Hub
     rules: dict[str, Rule] = field(default_factory=dict)
     rule_text: dict[str, dict[str, str]] = field(default_factory=dict)  # see rule_texts()
+    # the wall clock the API reads "now" from in Python (links' expiry, default ranges and
+    # starts); SQL's now() is the database's. Tests inject their own (create_app(clock=…)).
+    clock: Callable[[], float] = time.time
+
+    def now(self) -> datetime:
+        """The clock's now, in the city's time zone."""
+        return datetime.fromtimestamp(self.clock(), self.tz)
 
     @property
     def rule_meta(self) -> Jsonb:

@@ -163,25 +163,28 @@ def link_for(db_url: str, api_url: str, alert_id: int, department: str | None = 
 PONDING_POINT = "fl-lc-honghe"
 
 
-def raise_ponding(server: ApiServer) -> Rule:
-    """Water stands 30 cm deep at a carriageway point after the scenario; the rule engine
-    raises the ponding alert on it (its department: 区住房城乡建委). Returns the rule."""
+def pond(
+    db_url: str, depths: list[tuple[str, datetime, float]], *, since: datetime, now: datetime
+) -> Rule:
+    """Depth readings (device, time, cm) stored, then one pass of the ponding rule over them,
+    from `since` to `now` without lateness: the rule engine raises (and clears) its alerts.
+    Returns the rule."""
     rule = next(r for r in CATALOGUE.rules if r.id == "flood.ponding_15cm")
-    end = datetime.fromtimestamp(server.plan.end, UTC)
-    with psycopg.connect(server.db_url) as conn:
+    with psycopg.connect(db_url) as conn:
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO readings (device_id, metric, ts, value) VALUES (%s, 'depth', %s, %s)",
-                [(PONDING_POINT, end + timedelta(minutes=m), 30.0) for m in range(1, 12)],
+                depths,
             )
         conn.commit()
-        report = run_pass(
-            conn,
-            [rule],
-            default_registry(),
-            now=end + timedelta(minutes=12),
-            lateness_s=0,
-            since=end,
-        )
-        assert not report.failed
+        report = run_pass(conn, [rule], default_registry(), now=now, lateness_s=0, since=since)
+        assert not report.failed, report
     return rule
+
+
+def raise_ponding(server: ApiServer) -> Rule:
+    """Water stands 30 cm deep at a carriageway point after the scenario; the rule engine
+    raises the ponding alert on it (its department: 区住房城乡建委). Returns the rule."""
+    end = datetime.fromtimestamp(server.plan.end, UTC)
+    depths = [(PONDING_POINT, end + timedelta(minutes=m), 30.0) for m in range(1, 12)]
+    return pond(server.db_url, depths, since=end, now=end + timedelta(minutes=12))

@@ -5,14 +5,13 @@ and expiry are the credential (urbanpulse.links)."""
 from __future__ import annotations
 
 import html
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse
 
 from api.alert_series import alert_series
-from api.deps import Conn, Principal, State, client_of
+from api.deps import ApiState, Conn, Principal, State, client_of
 from api.routes.alerts import acknowledge, detail
 from api.routes.console import shell
 from api.schemas import AlertDetail, AlertSeries, Problem
@@ -26,9 +25,9 @@ Token = Annotated[
 ]
 
 
-def _who(key: bytes, token: str) -> tuple[Principal, int]:
+def _who(state: ApiState, token: str) -> tuple[Principal, int]:
     try:
-        claim = verify(key, token, time.time())
+        claim = verify(state.link_key, token, state.clock())
     except LinkError as exc:
         raise HTTPException(403, detail=str(exc)) from None
     # the link was sent to this department about this alert: it may acknowledge it
@@ -42,7 +41,7 @@ def _who(key: bytes, token: str) -> tuple[Principal, int]:
     summary="The alert an acknowledgement link is about",
 )
 async def link_alert(conn: Conn, state: State, token: Token) -> AlertDetail:
-    _, alert_id = _who(state.link_key, token)
+    _, alert_id = _who(state, token)
     return await detail(conn, state, alert_id)
 
 
@@ -53,7 +52,7 @@ async def link_alert(conn: Conn, state: State, token: Token) -> AlertDetail:
     summary="The series behind a link's alert, for its small chart",
 )
 async def link_series(conn: Conn, state: State, token: Token) -> AlertSeries:
-    _, alert_id = _who(state.link_key, token)
+    _, alert_id = _who(state, token)
     return await alert_series(conn, state, alert_id)
 
 
@@ -64,7 +63,7 @@ async def link_series(conn: Conn, state: State, token: Token) -> AlertSeries:
     summary="Acknowledge through a link (no token needed: the link is signed and expires)",
 )
 async def link_ack(conn: Conn, state: State, token: Token, request: Request) -> AlertDetail:
-    who, alert_id = _who(state.link_key, token)
+    who, alert_id = _who(state, token)
     await acknowledge(conn, who, alert_id, "", client_of(request))
     return await detail(conn, state, alert_id)
 
@@ -97,7 +96,7 @@ async def ack_page(conn: Conn, state: State, token: Token) -> HTMLResponse:
     """The console opens the alert and acknowledges it with one tap; without scripts, the
     plain page below does the same with a form."""
     try:
-        _, alert_id = _who(state.link_key, token)
+        _, alert_id = _who(state, token)
         a = await detail(conn, state, alert_id)
     except HTTPException as exc:
         return _plain(f"<p>{html.escape(str(exc.detail))}</p>", exc.status_code)
@@ -116,7 +115,7 @@ async def ack_page(conn: Conn, state: State, token: Token) -> HTMLResponse:
 @router.post("/ack/{token}", response_class=HTMLResponse, include_in_schema=False)
 async def ack_page_post(conn: Conn, state: State, token: Token, request: Request) -> HTMLResponse:
     try:
-        who, alert_id = _who(state.link_key, token)
+        who, alert_id = _who(state, token)
         await acknowledge(conn, who, alert_id, "", client_of(request))
         a = await detail(conn, state, alert_id)
     except HTTPException as exc:

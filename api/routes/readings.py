@@ -26,8 +26,10 @@ AGG = {"avg": "avg", "min": "min", "max": "max", "sum": "sum", "count": "count"}
 Format = Literal["json", "csv"]
 
 
-def _range(start: datetime | None, end: datetime | None, default: timedelta) -> tuple[Any, Any]:
-    end = end or datetime.now().astimezone()
+def _range(
+    now: datetime, start: datetime | None, end: datetime | None, default: timedelta
+) -> tuple[Any, Any]:
+    end = end or now
     start = start or end - default
     if start >= end:
         raise bad_request("start: must be before end")
@@ -129,7 +131,7 @@ async def readings(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     format: Annotated[Format, Query(description="csv: the whole range as a file")] = "json",
 ) -> Any:
-    lo, hi = _range(start, end, timedelta(days=1))
+    lo, hi = _range(state.now(), start, end, timedelta(days=1))
     step = _bucket(bucket, lo, hi) if bucket else None
     if step is None and hi - lo > MAX_RAW_SPAN:
         raise bad_request("start: raw readings span at most 31 days; add a bucket")
@@ -196,7 +198,7 @@ async def series_values(
 ) -> Page[SeriesPoint]:
     if series not in {r.id for r in state.catalogue.records}:
         raise not_found(f"series {series}")
-    lo, hi = _range(start, end, timedelta(days=7))
+    lo, hi = _range(state.now(), start, end, timedelta(days=7))
     if hi - lo > timedelta(days=366 * 5):
         raise bad_request("start: a range spans at most five years")
     after = decode_cursor(cursor, [str, datetime]) if cursor else None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from psycopg.types.json import Jsonb
 
-from api.deps import Conn, Operator, Viewer, audit, client_of, conflict, not_found
+from api.deps import Conn, Operator, State, Viewer, audit, client_of, conflict, not_found
 from api.schemas import Problem, SilenceCreate, SilencePublic
 
 router = APIRouter(tags=["silences"])
@@ -46,7 +45,7 @@ async def list_silences(
     "`owner` is set to it when absent and must match it when given.",
 )
 async def create_silence(
-    conn: Conn, who: Operator, body: SilenceCreate, request: Request
+    conn: Conn, state: State, who: Operator, body: SilenceCreate, request: Request
 ) -> SilencePublic:
     matchers: dict[str, Any] = dict(body.matchers)
     if (
@@ -58,7 +57,7 @@ async def create_silence(
             status.HTTP_403_FORBIDDEN,
             detail=f"matchers.owner: your token acts for {who.department} only",
         )
-    starts = body.starts_at or datetime.now().astimezone()
+    starts = body.starts_at or state.now()
     if body.ends_at <= starts:
         raise HTTPException(422, detail="ends_at: must be after starts_at (default: now)")
     async with conn.transaction():
