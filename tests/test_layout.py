@@ -9,7 +9,12 @@ import subprocess
 import sys
 import zipfile
 from configparser import ConfigParser
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+
+import pytest
+
+from urbanpulse import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("simulators", "ingest", "rules", "notify", "dashboards", "api", "demo")
@@ -94,3 +99,15 @@ def test_the_benchmarks_run_from_the_checkout() -> None:
         cwd=ROOT,
     )
     assert got.returncode == 0 and "python -m bench rules" in got.stdout
+
+
+def test_a_broken_service_takes_only_its_own_commands_with_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = entry_points(group=cli.ENTRY_POINTS)
+    broken = EntryPoint("ghost", "no_such_service.cli:register", cli.ENTRY_POINTS)
+    monkeypatch.setattr(cli, "entry_points", lambda group: [*real, broken])
+    parser = cli.build_parser()
+    commands = dict(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr,arg-type]
+    assert {"db", "rules", "api", "notify"} <= set(commands)
+    assert "the ghost commands are unavailable" in capsys.readouterr().err

@@ -322,7 +322,7 @@ ENTRY_POINTS = "urbanpulse.commands"
 
 
 def _service_commands() -> list[tuple[str, Callable[[Commands], None]]]:
-    """Each installed service's `register` function, in the order pyproject.toml lists them."""
+    """Each installed service's `register` function, as the installation's metadata lists them."""
     out: list[tuple[str, Callable[[Commands], None]]] = []
     for ep in entry_points(group=ENTRY_POINTS):
         try:
