@@ -9,6 +9,7 @@ compliance history.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -17,7 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from urbanpulse.rulefmt import periods
-from urbanpulse.rulefmt.kpis import DaysWhere, HoursAbove, Kpi, Latest, period_bounds
+from urbanpulse.rulefmt.kpis import DaysWhere, HoursAbove, Kpi, Latest, PondingPoints, period_bounds
 from urbanpulse.rulefmt.records import CITY
 
 Conn = psycopg.Connection[Any]
@@ -27,59 +28,63 @@ def _ts(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-def measure(conn: Conn, kpi: Kpi, start: float, end: float, upto: float) -> dict[str, Any]:
-    """entity → (value, detail) of the KPI over [start, min(end, upto))."""
-    m = kpi.measure
-    stop = min(end, upto)
-    lo, hi = _ts(start), _ts(stop)
-    out: dict[str, Any] = {}
-    if isinstance(m, Latest):
-        rows = conn.execute(
-            """
-            SELECT DISTINCT ON (entity) entity, value, period_end FROM recorded
-             WHERE series = %s AND period_end > %s AND period_end <= %s
-               AND (%s::text[] IS NULL OR entity = ANY(%s::text[]))
-             ORDER BY entity, period_end DESC
-            """,
-            (m.recorded, lo, hi, m.entities, m.entities),
-        ).fetchall()
-        for entity, value, until in rows:
-            out[str(entity)] = (float(value), {"as_of": until.isoformat()})
-        return out
-    if isinstance(m, DaysWhere):
-        rows = conn.execute(
-            """
-            SELECT entity, count(*) FILTER (WHERE CASE %(op)s WHEN '<' THEN value < %(v)s
-                                                   WHEN '<=' THEN value <= %(v)s
-                                                   WHEN '>' THEN value > %(v)s
-                                                   ELSE value >= %(v)s END), count(*)
-              FROM recorded
-             WHERE series = %(s)s AND period_start >= %(lo)s AND period_end <= %(hi)s
-             GROUP BY entity
-            """,
-            {"s": m.recorded, "lo": lo, "hi": hi, "v": m.value, "op": m.op},
-        ).fetchall()
-        for entity, hits, days in rows:
-            if m.kind == "days_where":
-                out[str(entity)] = (float(hits), {"days": int(days)})
-            elif days:
-                out[str(entity)] = (float(hits) / float(days) * 100, {"days": int(days)})
-        return out
-    if isinstance(m, HoursAbove):
-        rows = conn.execute(
-            """
-            SELECT entity, count(*) FILTER (WHERE value > %s), count(*) FROM recorded
-             WHERE series = %s AND period_start >= %s AND period_end <= %s GROUP BY entity
-            """,
-            (m.value, m.recorded, lo, hi),
-        ).fetchall()
-        total = 0.0
-        for entity, hits, hours in rows:
-            out[str(entity)] = (float(hits), {"hours": int(hours)})
-            total += float(hits)
-        if rows:
-            out[CITY] = (total, {"car_parks": len(rows)})
-        return out
+Scores = dict[str, tuple[float, dict[str, Any]]]  # entity → (value, detail)
+
+
+def _latest(conn: Conn, m: Latest, lo: datetime, hi: datetime) -> Scores:
+    rows = conn.execute(
+        """
+        SELECT DISTINCT ON (entity) entity, value, period_end FROM recorded
+         WHERE series = %s AND period_end > %s AND period_end <= %s
+           AND (%s::text[] IS NULL OR entity = ANY(%s::text[]))
+         ORDER BY entity, period_end DESC
+        """,
+        (m.recorded, lo, hi, m.entities, m.entities),
+    ).fetchall()
+    return {
+        str(entity): (float(value), {"as_of": until.isoformat()}) for entity, value, until in rows
+    }
+
+
+def _days_where(conn: Conn, m: DaysWhere, lo: datetime, hi: datetime) -> Scores:
+    rows = conn.execute(
+        """
+        SELECT entity, count(*) FILTER (WHERE CASE %(op)s WHEN '<' THEN value < %(v)s
+                                               WHEN '<=' THEN value <= %(v)s
+                                               WHEN '>' THEN value > %(v)s
+                                               ELSE value >= %(v)s END), count(*)
+          FROM recorded
+         WHERE series = %(s)s AND period_start >= %(lo)s AND period_end <= %(hi)s
+         GROUP BY entity
+        """,
+        {"s": m.recorded, "lo": lo, "hi": hi, "v": m.value, "op": m.op},
+    ).fetchall()
+    out: Scores = {}
+    for entity, hits, days in rows:
+        if m.kind == "days_where":
+            out[str(entity)] = (float(hits), {"days": int(days)})
+        elif days:  # share_days
+            out[str(entity)] = (float(hits) / float(days) * 100, {"days": int(days)})
+    return out
+
+
+def _hours_above(conn: Conn, m: HoursAbove, lo: datetime, hi: datetime) -> Scores:
+    rows = conn.execute(
+        """
+        SELECT entity, count(*) FILTER (WHERE value > %s), count(*) FROM recorded
+         WHERE series = %s AND period_start >= %s AND period_end <= %s GROUP BY entity
+        """,
+        (m.value, m.recorded, lo, hi),
+    ).fetchall()
+    out: Scores = {
+        str(entity): (float(hits), {"hours": int(hours)}) for entity, hits, hours in rows
+    }
+    if rows:
+        out[CITY] = (sum(float(hits) for _, hits, _ in rows), {"car_parks": len(rows)})
+    return out
+
+
+def _ponding_points(conn: Conn, m: PondingPoints, lo: datetime, hi: datetime) -> Scores:
     row = conn.execute(
         """
         SELECT count(DISTINCT device_id), coalesce(array_agg(DISTINCT device_id), '{}'),
@@ -90,8 +95,22 @@ def measure(conn: Conn, kpi: Kpi, start: float, end: float, upto: float) -> dict
         (hi, lo, m.carriageway_only),
     ).fetchone()
     assert row is not None
-    out[CITY] = (float(row[0]), {"points": sorted(row[1]), "events": int(row[2])})
-    return out
+    return {CITY: (float(row[0]), {"points": sorted(row[1]), "events": int(row[2])})}
+
+
+# one measurer per kind of the rule files' `measure:`; a new kind is one entry here
+MEASURERS: dict[str, Callable[[Conn, Any, datetime, datetime], Scores]] = {
+    "latest": _latest,
+    "days_where": _days_where,
+    "share_days": _days_where,
+    "hours_above": _hours_above,
+    "ponding_points": _ponding_points,
+}
+
+
+def measure(conn: Conn, kpi: Kpi, start: float, end: float, upto: float) -> Scores:
+    """entity → (value, detail) of the KPI over [start, min(end, upto))."""
+    return MEASURERS[kpi.measure.kind](conn, kpi.measure, _ts(start), _ts(min(end, upto)))
 
 
 def refresh(conn: Conn, kpi: Kpi, *, after: float, upto: float, tz: ZoneInfo) -> int:

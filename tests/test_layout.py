@@ -1,12 +1,13 @@
 """The layout holds: the wheel carries the product without its benchmarks, every service's
-subcommands are found through their entry points, and `urbanpulse` loads no service it does not
-run."""
+subcommands are found through their entry points, `urbanpulse` loads no service it does not
+run, and every kind the rule-file schema admits has the code that computes it."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import typing
 import zipfile
 from configparser import ConfigParser
 from importlib.metadata import EntryPoint, entry_points
@@ -14,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from rules.kpi import MEASURERS
+from rules.recording import RECORDERS
 from urbanpulse import cli
+from urbanpulse.rulefmt.kpis import Measure
+from urbanpulse.rulefmt.records import Record
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("simulators", "ingest", "rules", "notify", "dashboards", "api", "demo")
@@ -111,3 +116,19 @@ def test_a_broken_service_takes_only_its_own_commands_with_it(
     commands = dict(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr,arg-type]
     assert {"db", "rules", "api", "notify"} <= set(commands)
     assert "the ghost commands are unavailable" in capsys.readouterr().err
+
+
+def _kinds(union: object) -> set[str]:
+    """The `kind` values a discriminated union of the rule-file schema admits."""
+    members = typing.get_args(typing.get_args(union)[0])
+    return {k for m in members for k in typing.get_args(m.model_fields["kind"].annotation)}
+
+
+def test_every_kind_the_rule_files_may_name_has_its_code() -> None:
+    """The schema (core) and the code computing it (rules/) are apart: a kind added to the one
+    without the other fails here, not in a runner at night."""
+    assert _kinds(Record) == set(RECORDERS) == {
+        "aqi", "pollution_warning", "water_balance", "night_flow", "occupancy", "ponding_events",
+    }  # fmt: skip
+    assert _kinds(Measure) == set(MEASURERS)
+    assert "share_days" in MEASURERS
