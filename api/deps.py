@@ -7,7 +7,7 @@ import hmac
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -68,8 +68,9 @@ class ApiState:
     clock: Callable[[], float] = time.time
 
     def now(self) -> datetime:
-        """The clock's now, in the city's time zone."""
-        return datetime.fromtimestamp(self.clock(), self.tz)
+        """The clock's now, in UTC: a day before it is 24 hours before it, whatever the city's
+        daylight-saving rules (wall-clock arithmetic in a zone with DST is not)."""
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     @property
     def rule_meta(self) -> Jsonb:

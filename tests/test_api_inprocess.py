@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,6 +22,7 @@ import psycopg
 import pytest
 
 from api.alert_series import LEAD
+from api.deps import ApiState
 from tests.apiserver import CATALOGUE, link_for, pond
 from tests.inprocess import (
     BASE_URL,
@@ -856,3 +858,13 @@ async def test_malformed_bodies_are_refused(api: InProcessApi, body: bytes) -> N
             headers={"Content-Type": "application/json"},
         )
     assert got.status_code == 422, got.text
+
+
+def test_the_clocks_now_is_exact_arithmetic_across_daylight_saving() -> None:
+    """A city with DST: the default range "a day before now" is 24 hours long even on the day
+    the clocks change (2026-03-29 in Berlin has 23 wall-clock hours)."""
+    after_the_change = datetime(2026, 3, 29, 12, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    state = SimpleNamespace(clock=lambda: after_the_change, tz=ZoneInfo("Europe/Berlin"))
+    now = ApiState.now(state)  # type: ignore[arg-type]
+    assert now.timestamp() == after_the_change
+    assert now.timestamp() - (now - timedelta(days=1)).timestamp() == 86400
