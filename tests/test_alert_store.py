@@ -79,6 +79,11 @@ def test_a_pending_alert_that_clears_is_cancelled_not_resolved(
     advance(conn, META, "fl-x", evs((0, Signal.BREACH), (5, Signal.CLEAR)), FOR_10)
     assert rows(conn, "SELECT status, started_at FROM alerts") == [("cancelled", None)]
     assert open_alerts(conn) == []
+    # by hand, a closed alert is left as it is
+    [(cancelled, updated)] = rows(conn, "SELECT id, updated_at FROM alerts")
+    assert _resolve_by_hand(conn, cancelled, "too late") is None
+    assert rows(conn, "SELECT status, updated_at FROM alerts") == [("cancelled", updated)]
+    assert rows(conn, "SELECT count(*) FROM alert_events WHERE to_status = 'resolved'") == [(0,)]
 
 
 def test_the_for_timer_survives_a_restart(db_url: str) -> None:

@@ -338,9 +338,12 @@ def lock_alert(alert_id: int) -> Plan[AlertHead | None]:
     )
 
 
-def resolve_by_hand(alert: AlertHead, note: str) -> Plan[datetime]:
+def resolve_by_hand(alert: AlertHead, note: str) -> Plan[datetime | None]:
     """Resolve an open alert by hand (an operator's input to the lifecycle), under
-    `lock_alert()`'s lock; returns when it ended (the transaction's time)."""
+    `lock_alert()`'s lock; returns when it ended (the transaction's time), or None for an alert
+    already closed (resolved or cancelled), which is left as it is."""
+    if alert.status not in OPEN:
+        return None
     row = yield (
         "SELECT state, alert_id FROM rule_states WHERE rule_id = %s AND entity = %s",
         (alert.rule_id, alert.entity),
