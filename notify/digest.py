@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import threading
 import warnings
 from collections import defaultdict
@@ -47,6 +48,7 @@ _INK, _MUTED, _GRID = "#262626", "#6b6b6b", "#e3e3e3"
 _OPS = {"<": "<", "<=": "≤", ">": ">", ">=": "≥"}
 _INCHES, _DPI = (8.0, 4.0), 100  # 800 × 400 px
 _DASHES = (0, (5, 3))
+MAX_BARS = 30  # more places than this: the chart shows the farthest from their target
 _DRAW = threading.Lock()  # matplotlib's font caches are not thread-safe: one chart at a time
 
 
@@ -85,6 +87,20 @@ def _num(value: float) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+def worst_first(lines: list[ScoreLine], target: Target, n: int = MAX_BARS) -> list[ScoreLine]:
+    """The `n` places farthest on the wrong side of `target` (highest first where lower is
+    better), in that order: a chart of a thousand bars reads as nothing."""
+    higher_is_worse = target.better == "lower"
+
+    def badness(s: ScoreLine) -> float:
+        v = s.value if s.value is not None and math.isfinite(s.value) else None
+        if v is None:
+            return -math.inf
+        return v if higher_is_worse else -v
+
+    return sorted(lines, key=badness, reverse=True)[:n]
+
+
 def bar_chart(
     title: str,
     unit: str,
@@ -101,6 +117,8 @@ def bar_chart(
     fonts-wqy-microhei); without one the chart is drawn all the same, after one warning."""
     if len(labels) != len(values):
         raise ValueError(f"{len(labels)} labels for {len(values)} values")
+    # a value that is not a number (NaN, ±inf) is drawn as no data, never fails the digest
+    values = [v if v is not None and math.isfinite(v) else None for v in values]
     with _DRAW, warnings.catch_warnings():
         cjk = _cjk_family()
         if cjk is None:  # warned once already, not once per missing glyph
@@ -269,9 +287,13 @@ def build(
             s for s in lines if s.kpi.id == kpi.id and s.entity != CITY and s.value is not None
         ]
         if len(per_place) > 1:
-            names = [s.entity for s in per_place]
-            values = [s.value for s in per_place]
-            chart = bar_chart(kpi.title.zh, kpi.unit, names, values, kpi.target, day=day)
+            shown = worst_first(per_place, kpi.target) if len(per_place) > MAX_BARS else per_place
+            names = [s.entity for s in shown]
+            values = [s.value for s in shown]
+            title = kpi.title.zh
+            if len(shown) < len(per_place):
+                title += f"（{len(per_place)} 处中差距最大的 {len(shown)} 处）"
+            chart = bar_chart(title, kpi.unit, names, values, kpi.target, day=day)
             t = kpi.target
             key = (
                 f"虚线为目标 {t.op} {t.value:g}，绿色达标、红色未达标"

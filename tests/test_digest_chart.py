@@ -10,6 +10,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from datetime import date
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from PIL import Image
 
 from notify import digest
 from notify.digest import MET, NO_VERDICT, NOT_MET, bar_chart
+from urbanpulse.db.scorecard import ScoreLine
 from urbanpulse.rulefmt.kpis import Target
 
 LEAKAGE = "供水管网漏损率（本月累计，修正后）"
@@ -130,3 +132,25 @@ def test_without_a_cjk_font_the_chart_is_drawn_after_one_warning(
     [record] = [r for r in caplog.records if r.name == "notify.digest"]
     assert "fonts-wqy-microhei" in record.getMessage()
     assert not [w for w in said if "missing from font" in str(w.message)]
+
+
+def test_values_that_are_not_numbers_are_drawn_as_no_data() -> None:
+    png = bar_chart(LEAKAGE, "%", PLACES, [float("-inf"), float("nan"), 12.0], BELOW_10, day=DAY)
+    assert bar_colours(png) == [NOT_MET]
+    png = bar_chart(LEAKAGE, "%", PLACES[:2], [float("inf"), 3.0], BELOW_10, day=DAY)
+    assert bar_colours(png) == [MET]
+
+
+def test_a_thousand_places_chart_the_farthest_from_their_target() -> None:
+    kpi = SimpleNamespace(id="k")
+    lines = [
+        ScoreLine(kpi, f"p{i}", DAY, float(i % 97), None, None, "new", [], {})  # type: ignore[arg-type]
+        for i in range(1000)
+    ]
+    lines[5] = ScoreLine(kpi, "broken", DAY, float("nan"), None, None, "new", [], {})  # type: ignore[arg-type]
+    worst = digest.worst_first(lines, BELOW_10)
+    assert len(worst) == digest.MAX_BARS
+    assert [s.value for s in worst[:11]] == [96.0] * 10 + [95.0]
+    higher = digest.worst_first(lines, Target(better="higher", op=">=", value=50))
+    assert {s.value for s in higher[:10]} == {0.0}
+    assert all(s.entity != "broken" for s in worst + higher)
