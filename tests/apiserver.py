@@ -102,16 +102,22 @@ def start_api(
             serve.stop_process(proc)
 
 
+def make_tokens(db_url: str) -> dict[str, str]:
+    """A token per role, and `flood_operator`: an operator acting for FLOOD_DEPT."""
+    tokens: dict[str, str] = {}
+    with psycopg.connect(db_url) as conn:
+        for role in Role:
+            tokens[role.value], _ = create_token(conn, f"test-{role.value}", role)
+        tokens["flood_operator"], _ = create_token(
+            conn, "test-flood-operator", Role.OPERATOR, department=FLOOD_DEPT
+        )
+    return tokens
+
+
 @contextmanager
 def api_server() -> Iterator[ApiServer]:
     with seeded_database() as (db_url, scenario):
-        tokens: dict[str, str] = {}
-        with psycopg.connect(db_url) as conn:
-            for role in Role:
-                tokens[role.value], _ = create_token(conn, f"test-{role.value}", role)
-            tokens["flood_operator"], _ = create_token(
-                conn, "test-flood-operator", Role.OPERATOR, department=FLOOD_DEPT
-            )
+        tokens = make_tokens(db_url)
         with start_api(db_url) as (url, proc):
             yield ApiServer(url, db_url, scenario, tokens, proc)
 

@@ -16,14 +16,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
-import psycopg
 from fastapi import FastAPI
 
 from api.app import create_app
 from api.deps import TOKEN_CACHE_S, ApiState
 from simulators.run import Plan
-from tests.apiserver import FLOOD_DEPT, seeded_database
-from urbanpulse.db.tokens import Role, create_token
+from tests.apiserver import make_tokens, seeded_database
 from urbanpulse.settings import load_settings
 
 BASE_URL = "http://testserver"  # what the application sees as its own address
@@ -67,19 +65,6 @@ def age_token_cache(app: FastAPI, seconds: float = TOKEN_CACHE_S) -> None:
     for cached in state_of(app).tokens.values():
         cached.until -= seconds
         cached.used_written -= seconds
-
-
-def make_tokens(db_url: str) -> dict[str, str]:
-    """A token per role, and `flood_operator`: an operator acting for FLOOD_DEPT (as
-    tests/apiserver.py makes them)."""
-    tokens: dict[str, str] = {}
-    with psycopg.connect(db_url) as conn:
-        for role in Role:
-            tokens[role.value], _ = create_token(conn, f"test-{role.value}", role)
-        tokens["flood_operator"], _ = create_token(
-            conn, "test-flood-operator", Role.OPERATOR, department=FLOOD_DEPT
-        )
-    return tokens
 
 
 @dataclass

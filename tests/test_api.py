@@ -41,14 +41,6 @@ def pm25_alert(server: ApiServer, index: int) -> dict[str, Any]:
     return sorted(items, key=lambda a: str(a["entity"]))[index]
 
 
-def audit_rows(server: ApiServer, target: str) -> list[tuple[str, str]]:
-    with psycopg.connect(server.db_url) as conn:
-        rows = conn.execute(
-            "SELECT actor, action FROM audit_log WHERE target = %s ORDER BY id", (target,)
-        ).fetchall()
-    return [(str(a), str(b)) for a, b in rows]
-
-
 # --- the series window (pure) -----------------------------------------------------------------
 
 
